@@ -1,0 +1,53 @@
+# Clearway — `make run` starts the standalone demo, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+# Integration tests: their own database and Redis db index (see docs/testing.md).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/clearway_it
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
+
+.PHONY: run test test-fast test-integration lint check browser-deps services clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Clearway needs Python 3.11 (found %s)" % sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet .
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install --quiet '.[dev]'
+	@touch $@
+
+run: $(VENV)/.installed
+	$(PY) manage.py standalone --port $(PORT)
+
+browser-deps:
+	@bash .ci/browser-deps
+
+services:
+	@bash .ci/services
+
+check: $(VENV)/.installed-dev
+	$(PY) manage.py check
+	$(PY) manage.py makemigrations --check --dry-run
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+lint: check
+	$(VENV)/bin/bandit -q -c pyproject.toml -r orchestrator governance dashboard
+
+test-fast: $(VENV)/.installed-dev
+	$(VENV)/bin/pytest -m "not integration and not browser" -q -p no:cacheprovider
+
+test-integration: $(VENV)/.installed-dev browser-deps services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_AMQP_URL=$(TEST_AMQP_URL) \
+	  $(VENV)/bin/pytest -m "integration or browser" -q -p no:cacheprovider
+
+test: lint test-fast test-integration
+
+clean:
+	rm -rf $(VENV) var/ test-artifacts/

@@ -1,0 +1,170 @@
+"""The audit log's one writer and its verifier.
+
+`record()` must be called inside the transaction of the change it records, so the change and
+its audit row commit or roll back together. Appends lock the chain-head row, which serializes
+them: every row's prev_hash is the hash of the row before it, with no gaps or forks.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from .models import AuditChainHead, AuditEvent, Outcome
+
+GENESIS_HASH = "0" * 64
+
+# Set by governance.middleware.RequestContextMiddleware for the duration of a request.
+request_context: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "clearway_request_context", default=None
+)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def row_payload(event: AuditEvent) -> dict:
+    """The fields covered by the hash, in a form that survives a database round trip."""
+    return {
+        "seq": event.seq,
+        "at": _iso(event.at),
+        "actor_id": event.actor_id,
+        "actor_name": event.actor_name,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "target_name": event.target_name,
+        "outcome": event.outcome,
+        "details": event.details,
+        "request_id": event.request_id,
+        "ip": event.ip,
+    }
+
+
+def compute_hash(prev_hash: str, payload: dict) -> str:
+    return hashlib.sha256((prev_hash + canonical_json(payload)).encode()).hexdigest()
+
+
+def _describe_target(target: Any) -> tuple[str, str, str]:
+    if target is None:
+        return "", "", ""
+    if isinstance(target, tuple):
+        kind, ident, name = (list(target) + ["", ""])[:3]
+        return str(kind), str(ident), str(name)
+    meta = getattr(target, "_meta", None)
+    kind = meta.model_name if meta else type(target).__name__.lower()
+    return kind, str(getattr(target, "pk", "") or ""), str(target)[:255]
+
+
+def record(
+    actor: Any,
+    action: str,
+    target: Any = None,
+    *,
+    outcome: str = Outcome.SUCCESS,
+    at: datetime | None = None,
+    **details: Any,
+) -> AuditEvent:
+    """Append one event to the chain. `actor` is a user, None (the system) or a string name;
+    `target` a model instance, a (type, id, name) tuple or None."""
+    ctx = request_context.get() or {}
+    actor_id = getattr(actor, "pk", None)
+    if actor is None:
+        actor_name = "system"
+    elif isinstance(actor, str):
+        actor_name = actor
+    else:
+        actor_name = actor.get_username() if hasattr(actor, "get_username") else str(actor)
+    target_type, target_id, target_name = _describe_target(target)
+    # JSON round trip now, so the hash covers exactly what the database will give back.
+    details = json.loads(canonical_json(details))
+    with transaction.atomic():
+        head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+        if head is None:
+            head = AuditChainHead.objects.create(pk=1)
+            head = AuditChainHead.objects.select_for_update().get(pk=1)
+        event = AuditEvent(
+            seq=head.seq + 1,
+            at=(at or timezone.now()).astimezone(UTC),
+            actor_id=actor_id,
+            actor_name=actor_name[:150],
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            target_name=target_name,
+            outcome=outcome,
+            details=details,
+            request_id=ctx.get("request_id", ""),
+            ip=ctx.get("ip"),
+            prev_hash=head.hash,
+        )
+        event.hash = compute_hash(event.prev_hash, row_payload(event))
+        event.save(force_insert=True)
+        head.seq, head.hash = event.seq, event.hash
+        head.save(update_fields=["seq", "hash"])
+    return event
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    checked: int
+    head_seq: int
+    head_hash: str
+    first_broken_seq: int | None = None
+    problem: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "head": {"seq": self.head_seq, "hash": self.head_hash},
+            "first_broken_seq": self.first_broken_seq,
+            "problem": self.problem,
+        }
+
+
+def chain_head() -> tuple[int, str]:
+    head = AuditChainHead.objects.filter(pk=1).first()
+    return (head.seq, head.hash) if head else (0, GENESIS_HASH)
+
+
+def verify(up_to_seq: int | None = None) -> VerifyResult:
+    """Recompute the chain from the first row; name the first row that does not match."""
+    head_seq, head_hash = chain_head()
+    limit = head_seq if up_to_seq is None else min(up_to_seq, head_seq)
+    prev_hash, expected_seq, checked = GENESIS_HASH, 1, 0
+    rows = AuditEvent.objects.filter(seq__lte=limit).order_by("seq").iterator(chunk_size=2000)
+    for event in rows:
+        if event.seq != expected_seq:
+            return VerifyResult(
+                False, checked, head_seq, head_hash, expected_seq, f"row {expected_seq} missing"
+            )
+        if event.prev_hash != prev_hash:
+            return VerifyResult(
+                False, checked, head_seq, head_hash, event.seq, "prev_hash does not match"
+            )
+        if compute_hash(prev_hash, row_payload(event)) != event.hash:
+            return VerifyResult(
+                False, checked, head_seq, head_hash, event.seq, "content does not match its hash"
+            )
+        prev_hash, expected_seq, checked = event.hash, expected_seq + 1, checked + 1
+    if checked != limit:
+        return VerifyResult(
+            False, checked, head_seq, head_hash, expected_seq, f"row {expected_seq} missing"
+        )
+    if up_to_seq is None and limit and prev_hash != head_hash:
+        return VerifyResult(False, checked, head_seq, head_hash, limit, "head hash does not match")
+    return VerifyResult(True, checked, head_seq, head_hash)

@@ -1,0 +1,475 @@
+"""Verbs that change orchestration state. Each runs in one transaction, writes its audit
+row(s) through governance.audit.record and publishes live events after commit; work for the
+workers is dispatched after commit too (a task never sees uncommitted rows)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from governance import audit
+from governance.models import Environment, Outcome
+
+from . import engine, events, spec
+from .models import (
+    STEP_TERMINAL,
+    Pipeline,
+    PipelineVersion,
+    Run,
+    RunStatus,
+    StageRun,
+    StageStatus,
+    StepRun,
+    StepStatus,
+    Team,
+    Trigger,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ActionError(Exception):
+    """A refused action, with a message for the person who asked."""
+
+
+# --- dispatching ----------------------------------------------------------------------
+
+
+def _dispatcher():
+    from . import tasks
+
+    return tasks.dispatch_step
+
+
+def dispatch_after_commit(outcome: engine.Outcome) -> None:
+    if not outcome.dispatch:
+        return
+    items = list(outcome.dispatch)
+    send = _dispatcher()
+
+    def go() -> None:
+        for item in items:
+            send(item.step_id, item.attempt, item.countdown)
+
+    transaction.on_commit(go)
+
+
+def workspace_for(run_id: int) -> Path:
+    return Path(settings.CLEARWAY["WORKSPACE_ROOT"]) / f"run-{run_id}"
+
+
+def _cleanup_after_commit(run: Run) -> None:
+    if run.is_terminal:
+        path = workspace_for(run.pk)
+        transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
+
+
+def _advance_locked(run: Run, now: datetime | None = None) -> engine.Outcome:
+    outcome = engine.advance(run, now=now)
+    dispatch_after_commit(outcome)
+    _cleanup_after_commit(run)
+    return outcome
+
+
+def advance_run(run_id: int, *, now: datetime | None = None) -> Run | None:
+    """Re-examine a run (after a gate decision, by the reaper, ...)."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.is_terminal:
+            return run
+        _advance_locked(run, now)
+        return run
+
+
+# --- pipelines ------------------------------------------------------------------------
+
+
+def _known_environments() -> list[str]:
+    return list(Environment.objects.values_list("name", flat=True))
+
+
+def create_pipeline(
+    *, actor, slug: str, definition: str, team: Team, now: datetime | None = None
+) -> Pipeline:
+    parsed = spec.parse_pipeline(definition, environments=_known_environments())
+    now = now or timezone.now()
+    with transaction.atomic():
+        if Pipeline.objects.filter(slug=slug).exists():
+            raise ActionError(f'a pipeline with the slug "{slug}" already exists')
+        pipeline = Pipeline.objects.create(
+            slug=slug,
+            name=parsed["name"],
+            description=parsed.get("description") or "",
+            team=team,
+            created_at=now,
+            updated_at=now,
+        )
+        version = PipelineVersion.objects.create(
+            pipeline=pipeline,
+            number=1,
+            definition=definition,
+            spec=parsed,
+            author=actor,
+            created_at=now,
+        )
+        pipeline.current_version = version
+        pipeline.save(update_fields=["current_version"])
+        _grant_team(pipeline)
+        _sync_schedule(pipeline)
+        audit.record(actor, "pipeline.create", pipeline, at=now, version=1, team=team.slug)
+    return pipeline
+
+
+def _grant_team(pipeline: Pipeline) -> None:
+    from guardian.shortcuts import assign_perm
+
+    for perm in ("view_pipeline", "run_pipeline", "change_pipeline"):
+        assign_perm(f"orchestrator.{perm}", pipeline.team.group, pipeline)
+
+
+def update_pipeline(
+    pipeline: Pipeline, *, actor, definition: str, now: datetime | None = None
+) -> PipelineVersion:
+    parsed = spec.parse_pipeline(definition, environments=_known_environments())
+    now = now or timezone.now()
+    with transaction.atomic():
+        pipeline = Pipeline.objects.select_for_update().get(pk=pipeline.pk)
+        current = pipeline.current_version
+        if current is not None and current.definition == definition:
+            return current
+        number = (current.number if current else 0) + 1
+        version = PipelineVersion.objects.create(
+            pipeline=pipeline,
+            number=number,
+            definition=definition,
+            spec=parsed,
+            author=actor,
+            created_at=now,
+        )
+        pipeline.current_version = version
+        pipeline.name = parsed["name"]
+        pipeline.description = parsed.get("description") or ""
+        pipeline.updated_at = now
+        pipeline.save(update_fields=["current_version", "name", "description", "updated_at"])
+        _sync_schedule(pipeline)
+        audit.record(actor, "pipeline.update", pipeline, at=now, version=number)
+    return version
+
+
+def _sync_schedule(pipeline: Pipeline) -> None:
+    """Keep the pipeline's cron schedule (django-celery-beat) in step with its spec."""
+    import json
+
+    from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+    name = f"pipeline:{pipeline.slug}"
+    cron = (pipeline.current_version.spec or {}).get("schedule")
+    if not cron:
+        PeriodicTask.objects.filter(name=name).delete()
+        return
+    minute, hour, dom, month, dow = cron.split()
+    schedule, _ = CrontabSchedule.objects.get_or_create(
+        minute=minute,
+        hour=hour,
+        day_of_month=dom,
+        month_of_year=month,
+        day_of_week=dow,
+        timezone="UTC",
+    )
+    PeriodicTask.objects.update_or_create(
+        name=name,
+        defaults={
+            "task": "clearway.trigger_scheduled_run",
+            "crontab": schedule,
+            "interval": None,
+            "args": json.dumps([pipeline.pk]),
+            "enabled": True,
+        },
+    )
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+def trigger_run(
+    pipeline: Pipeline,
+    *,
+    actor,
+    parameters: dict | None = None,
+    trigger: str = Trigger.MANUAL,
+    now: datetime | None = None,
+    retry_of: Run | None = None,
+    version: PipelineVersion | None = None,
+) -> Run:
+    """Create a run of the pipeline's current version and start it. Raises
+    spec.ParameterError for bad parameters (nothing is saved)."""
+    now = now or timezone.now()
+    version = version or pipeline.current_version
+    if version is None:
+        raise ActionError("the pipeline has no definition yet")
+    params = spec.validate_parameters(version.spec, parameters or {})
+    envs = {e.name: e for e in Environment.objects.all()}
+    with transaction.atomic():
+        locked = Pipeline.objects.select_for_update().get(pk=pipeline.pk)
+        number = locked.next_run_number
+        locked.next_run_number = number + 1
+        locked.save(update_fields=["next_run_number"])
+        run = Run.objects.create(
+            pipeline=pipeline,
+            version=version,
+            number=number,
+            trigger=trigger,
+            triggered_by=actor if getattr(actor, "pk", None) else None,
+            parameters=params,
+            created_at=now,
+            retry_of=retry_of,
+        )
+        _create_stages(run, version.spec, envs)
+        audit.record(
+            actor,
+            "run.trigger",
+            run,
+            at=now,
+            trigger=trigger,
+            parameters=params,
+            version=version.number,
+            retry_of=retry_of.pk if retry_of else None,
+        )
+        events.publish_run(run)
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        _advance_locked(run, now)
+    return run
+
+
+def _create_stages(run: Run, parsed: dict, envs: dict) -> None:
+    steps = []
+    for position, stage_spec in enumerate(parsed["stages"]):
+        env_name = stage_spec.get("environment")
+        if env_name and env_name not in envs:
+            raise ActionError(f'stage {stage_spec["name"]}: environment "{env_name}" is gone')
+        stage = StageRun.objects.create(
+            run=run,
+            name=stage_spec["name"],
+            position=position,
+            needs=list(stage_spec.get("needs") or []),
+            environment=envs.get(env_name),
+        )
+        for step_position, step_spec in enumerate(stage_spec["steps"]):
+            steps.append(
+                StepRun(
+                    stage=stage,
+                    name=step_spec["name"],
+                    position=step_position,
+                    kind=step_spec["type"],
+                    config=step_spec,
+                    max_attempts=1 + int(step_spec.get("retries") or 0),
+                )
+            )
+    StepRun.objects.bulk_create(steps)
+
+
+def cancel_run(run: Run, *, actor, reason: str = "", now: datetime | None = None) -> Run:
+    """Cancel what has not finished. Running steps are marked canceled here; their executor
+    notices on its next status poll and kills the whole process group."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        if run.is_terminal:
+            raise ActionError(f"run #{run.number} already ended ({run.status})")
+        reason = reason or (f"canceled by {actor}" if actor else "canceled")
+        for stage in run.stages.all():
+            if stage.is_terminal:
+                continue
+            for step in stage.steps.all():
+                if step.status not in STEP_TERMINAL:
+                    step.status = StepStatus.CANCELED
+                    step.finished_at = now
+                    step.error = step.error or reason
+                    step.save(update_fields=["status", "finished_at", "error"])
+                    events.publish_step(step, run)
+            stage.set_status(StageStatus.CANCELED, reason=reason, now=now)
+            events.publish_stage(stage, run)
+        _close_gates(run, now)
+        run.set_status(RunStatus.CANCELED, reason=reason, now=now)
+        audit.record(actor, "run.cancel", run, at=now, reason=reason)
+        events.publish_run(run)
+        _cleanup_after_commit(run)
+    return run
+
+
+def _close_gates(run: Run, now: datetime) -> None:
+    from governance import gates
+
+    close = getattr(gates, "close_for_run", None)
+    if close is not None:
+        close(run, now=now)
+
+
+def retry_run(run: Run, *, actor, now: datetime | None = None) -> Run:
+    if not run.is_terminal:
+        raise ActionError(f"run #{run.number} is still {run.status}; cancel it first")
+    return trigger_run(
+        run.pipeline,
+        actor=actor,
+        parameters=run.parameters,
+        trigger=Trigger.MANUAL,
+        now=now,
+        retry_of=run,
+        version=run.version,
+    )
+
+
+# --- steps (called by the executor) ---------------------------------------------------
+
+
+def claim_step(step_id: int, attempt: int, *, worker: str) -> StepRun | None:
+    """Claim a queued step for this worker. The conditional UPDATE makes a redelivered or
+    duplicated task message harmless: only one claim of (step, attempt) can succeed."""
+    now = timezone.now()
+    claimed = StepRun.objects.filter(pk=step_id, status=StepStatus.QUEUED, attempt=attempt).update(
+        status=StepStatus.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        worker=worker[:200],
+        exit_code=None,
+        error="",
+    )
+    if claimed != 1:
+        return None
+    with transaction.atomic():
+        step = StepRun.objects.select_related("stage__run").get(pk=step_id)
+        run = Run.objects.select_for_update().get(pk=step.stage.run_id)
+        stage = StageRun.objects.select_for_update().get(pk=step.stage_id)
+        if stage.status == StageStatus.QUEUED:
+            stage.set_status(StageStatus.RUNNING, now=now)
+            audit.record(None, "stage.running", stage, at=now, run=run.pk)
+            events.publish_stage(stage, run)
+        if run.status == RunStatus.QUEUED:
+            run.set_status(RunStatus.RUNNING, now=now)
+            events.publish_run(run)
+        audit.record(None, "step.start", step, at=now, run=run.pk, attempt=attempt, worker=worker)
+        events.publish_step(step, run)
+    step.stage.run = run
+    return step
+
+
+def finish_step(
+    step_id: int,
+    attempt: int,
+    *,
+    succeeded: bool,
+    exit_code: int | None = None,
+    error: str = "",
+    now: datetime | None = None,
+) -> StepRun | None:
+    """Record a step's outcome and advance the run. A failure with attempts left re-queues
+    the step with backoff. Ignored when the step is no longer this attempt's (canceled,
+    reaped) — the first word wins."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        step = StepRun.objects.filter(pk=step_id).select_related("stage").first()
+        if step is None:
+            return None
+        run = Run.objects.select_for_update().get(pk=step.stage.run_id)
+        step = StepRun.objects.select_for_update().get(pk=step_id)
+        if step.status != StepStatus.RUNNING or step.attempt != attempt:
+            if not run.is_terminal:
+                _advance_locked(run, now)
+            return step
+        step.exit_code = exit_code
+        step.error = error[:4000]
+        step.finished_at = now
+        step.heartbeat_at = None
+        retry = not succeeded and step.attempt < step.max_attempts and not run.is_terminal
+        if succeeded:
+            step.status = StepStatus.SUCCEEDED
+        elif retry:
+            step.status = StepStatus.PENDING  # engine.queue_step re-queues it below
+        else:
+            step.status = StepStatus.FAILED
+        step.save(update_fields=["exit_code", "error", "finished_at", "heartbeat_at", "status"])
+        audit.record(
+            None,
+            "step.succeeded" if succeeded else "step.failed",
+            step,
+            at=now,
+            run=run.pk,
+            attempt=attempt,
+            exit_code=exit_code,
+            error=error[:500],
+            outcome=Outcome.SUCCESS if succeeded else Outcome.FAILURE,
+        )
+        events.publish_step(step, run)
+        outcome = engine.Outcome()
+        if retry:
+            backoff = min(2 ** (step.attempt - 1), 30)
+            engine.queue_step(step, run, outcome, countdown=backoff)
+            audit.record(
+                None, "step.retry", step, at=now, run=run.pk, attempt=step.attempt, backoff=backoff
+            )
+            dispatch_after_commit(outcome)
+        _advance_locked(run, now)
+    return step
+
+
+def heartbeat(step_id: int, attempt: int) -> bool:
+    """Refresh a running step's heartbeat. False means stop: canceled, reaped or retried."""
+    return (
+        StepRun.objects.filter(pk=step_id, attempt=attempt, status=StepStatus.RUNNING).update(
+            heartbeat_at=timezone.now()
+        )
+        == 1
+    )
+
+
+def reap_stale_steps(*, now: datetime | None = None) -> dict:
+    """Fail (or retry) running steps whose heartbeat stopped — their worker died — and
+    re-dispatch queued steps whose task message seems lost. Runs from beat."""
+    now = now or timezone.now()
+    cfg = settings.CLEARWAY
+    stale_before = now - timedelta(seconds=cfg["HEARTBEAT_TIMEOUT"])
+    reaped = 0
+    for step in StepRun.objects.filter(status=StepStatus.RUNNING, heartbeat_at__lt=stale_before):
+        done = finish_step(
+            step.pk,
+            step.attempt,
+            succeeded=False,
+            exit_code=None,
+            error=f"worker lost: no heartbeat since {step.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC",
+            now=now,
+        )
+        if done is not None:
+            reaped += 1
+    # A queued step nobody claimed for a while: its message may have been lost (broker
+    # restart). Dispatching again is safe: the claim is conditional on (status, attempt).
+    lost_before = now - timedelta(seconds=cfg["HEARTBEAT_TIMEOUT"] * 2)
+    redispatched = 0
+    send = _dispatcher()
+    for step in StepRun.objects.filter(status=StepStatus.QUEUED, queued_at__lt=lost_before):
+        send(step.pk, step.attempt, 0)
+        redispatched += 1
+    return {"reaped": reaped, "redispatched": redispatched}
+
+
+# --- webhooks -------------------------------------------------------------------------
+
+
+def verify_signature(pipeline: Pipeline, body: bytes, signature: str | None) -> bool:
+    """HMAC-SHA256 over the raw body with the pipeline's secret, sent as
+    `X-Clearway-Signature: sha256=<hex>`."""
+    if not signature or not signature.startswith("sha256="):
+        return False
+    expected = hmac.new(pipeline.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature.removeprefix("sha256="))
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

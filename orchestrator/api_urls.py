@@ -1,0 +1,14 @@
+"""/api/v1/: one router for every app's API."""
+
+from rest_framework.routers import DefaultRouter
+
+from governance import api as governance_api
+
+from . import api
+
+router = DefaultRouter(trailing_slash=True)
+router.register("pipelines", api.PipelineViewSet, basename="pipeline")
+router.register("runs", api.RunViewSet, basename="run")
+governance_api.register(router)
+
+urlpatterns = router.urls + governance_api.extra_urlpatterns

@@ -1,0 +1,316 @@
+"""Step executors: `run` (a shell command in the run's workspace) and `http` (a request).
+
+Parameters and context reach a command only as environment variables — never by text
+substitution into the command — so a parameter value cannot inject shell code. The child
+gets a minimal environment: nothing of the worker's own (database URL, secrets) leaks.
+
+Output is captured line by line with timestamps and written in batches (>= LOG_BATCH_LINES
+lines or LOG_BATCH_SECONDS) as LogChunk rows, each announced as one live `log` event, so a
+chatty step cannot flood the database or the channel layer. Past LOG_CAP_BYTES the log is
+truncated with a marker and the rest of the output is drained and dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+
+from . import actions, events
+from .models import LogChunk, StepRun
+
+MAX_LINE_CHARS = 8192
+
+# Process groups started by this process, so a shutting-down standalone server can stop them.
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+def kill_running_steps() -> int:
+    """Stop every step process group this process started; returns how many."""
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        _kill_group(proc, grace=1.0)
+    return len(procs)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")  # keeps ESC (\x1b) for ANSI
+
+
+def clean_line(raw: bytes) -> str:
+    """Decode a line safely: invalid UTF-8 is replaced, NUL and control characters become
+    U+FFFD (PostgreSQL text cannot hold NUL), ANSI escapes are kept for the viewer."""
+    text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+    text = _CONTROL.sub("\ufffd", text)
+    if len(text) > MAX_LINE_CHARS:
+        text = text[:MAX_LINE_CHARS] + " …[line truncated]"
+    return text
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class LogWriter:
+    """Buffers lines of one step and writes them in batches."""
+
+    def __init__(self, step: StepRun, run_id: int):
+        self.step = step
+        self.run_id = run_id
+        cfg = settings.CLEARWAY
+        self.batch_lines = cfg["LOG_BATCH_LINES"]
+        self.batch_seconds = cfg["LOG_BATCH_SECONDS"]
+        self.cap = cfg["LOG_CAP_BYTES"]
+        self.offset = step.log_lines
+        self.bytes = step.log_bytes
+        self.truncated = step.log_truncated
+        self.buffer: list[str] = []
+        self.first_at = 0.0
+
+    def add(self, text: str, stream: str = "out") -> None:
+        if self.truncated:
+            return
+        line = f"{_stamp()} {'[stderr] ' if stream == 'err' else ''}{text}"
+        size = len(line.encode()) + 1
+        if self.bytes + size > self.cap:
+            self.truncated = True
+            cap_mib = self.cap / (1024 * 1024)
+            line = (
+                f"{_stamp()} [clearway] log truncated at {cap_mib:g} MiB: further output of "
+                "this step is discarded (the step keeps running)"
+            )
+            size = len(line.encode()) + 1
+        if not self.buffer:
+            self.first_at = time.monotonic()
+        self.buffer.append(line)
+        self.bytes += size
+        if len(self.buffer) >= self.batch_lines:
+            self.flush()
+
+    def due(self) -> bool:
+        return bool(self.buffer) and time.monotonic() - self.first_at >= self.batch_seconds
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        lines, self.buffer = self.buffer, []
+        offset = self.offset
+        with transaction.atomic():
+            LogChunk.objects.create(
+                step=self.step, offset=offset, line_count=len(lines), text="\n".join(lines)
+            )
+            StepRun.objects.filter(pk=self.step.pk).update(
+                log_lines=F("log_lines") + len(lines),
+                log_bytes=self.bytes,
+                log_truncated=self.truncated,
+            )
+            events.publish_log(self.step, self.run_id, offset, lines)
+        self.offset += len(lines)
+
+
+@dataclass
+class Result:
+    succeeded: bool
+    exit_code: int | None = None
+    error: str = ""
+
+
+def _child_env(step: StepRun, run, stage) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "dumb",
+    }
+    for name, value in (run.parameters or {}).items():
+        env[f"CLEARWAY_PARAM_{name.upper()}"] = str(value)
+    env.update(
+        CLEARWAY_RUN_ID=str(run.pk),
+        CLEARWAY_RUN_NUMBER=str(run.number),
+        CLEARWAY_PIPELINE=run.pipeline.slug,
+        CLEARWAY_STAGE=stage.name,
+        CLEARWAY_STEP=step.name,
+        CLEARWAY_ENVIRONMENT=stage.environment.name if stage.environment_id else "",
+    )
+    for key, value in (step.config.get("env") or {}).items():
+        env[str(key)] = str(value)
+    return env
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """Stop the whole process group the step started (its children too)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
+    workspace = actions.workspace_for(run.pk)
+    workspace.mkdir(parents=True, exist_ok=True)
+    env = _child_env(step, run, stage)
+    env["HOME"] = str(workspace)
+    env["CLEARWAY_WORKSPACE"] = str(workspace)
+    timeout = float(step.config.get("timeout") or 600)
+    log.add(f"$ {step.config['run']}" if "\n" not in step.config["run"] else "$ <script>")
+    proc = subprocess.Popen(  # noqa: S602 — a shell command is the feature; see module doc
+        step.config["run"],
+        shell=True,
+        executable="/bin/sh",
+        cwd=workspace,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    with _running_lock:
+        _running.add(proc)
+    try:
+        return _supervise(proc, step, log, timeout)
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+
+
+def _supervise(proc: subprocess.Popen, step: StepRun, log: LogWriter, timeout: float) -> Result:
+    cfg = settings.CLEARWAY
+    sel = selectors.DefaultSelector()
+    partial = {"out": b"", "err": b""}
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    started = time.monotonic()
+    last_beat = started
+    beat_every = min(cfg["HEARTBEAT_SECONDS"], 1.0)  # also how quickly cancel is noticed
+    open_streams = 2
+    stop_reason = ""
+    while open_streams:
+        for key, _ in sel.select(timeout=0.1):
+            chunk = os.read(key.fileobj.fileno(), 65536)
+            stream = key.data
+            if not chunk:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+                if partial[stream]:
+                    log.add(clean_line(partial[stream]), stream)
+                    partial[stream] = b""
+                continue
+            data = partial[stream] + chunk
+            *lines, partial[stream] = data.split(b"\n")
+            for raw in lines:
+                log.add(clean_line(raw), stream)
+            if len(partial[stream]) > MAX_LINE_CHARS * 4:
+                log.add(clean_line(partial[stream]), stream)
+                partial[stream] = b""
+        if log.due():
+            log.flush()
+        now = time.monotonic()
+        if now - started > timeout:
+            stop_reason = f"timed out after {timeout:g} s"
+            _kill_group(proc)
+            break
+        if now - last_beat >= beat_every:
+            last_beat = now
+            if not actions.heartbeat(step.pk, step.attempt):
+                stop_reason = "canceled"
+                _kill_group(proc)
+                break
+    for stream_file in (proc.stdout, proc.stderr):
+        try:
+            sel.unregister(stream_file)
+        except (KeyError, ValueError):
+            pass
+        stream_file.close()
+    code = proc.wait()
+    if stop_reason:
+        log.add(f"[clearway] step stopped: {stop_reason}")
+        return Result(False, code, stop_reason)
+    if code != 0:
+        return Result(False, code, f"exit code {code}")
+    return Result(True, 0)
+
+
+def run_http(step: StepRun, run, stage, log: LogWriter) -> Result:
+    import httpx
+
+    cfg = step.config["http"]
+    method = cfg.get("method", "GET")
+    timeout = float(step.config.get("timeout") or 30)
+    expect = cfg.get("expect") or [200]
+    log.add(f"{method} {cfg['url']}")
+    started = time.monotonic()
+    try:
+        response = httpx.request(
+            method,
+            cfg["url"],
+            headers=cfg.get("headers") or {},
+            content=cfg.get("body"),
+            timeout=timeout,
+            follow_redirects=False,
+        )
+    except httpx.TimeoutException:
+        return Result(False, None, f"timed out after {timeout:g} s")
+    except httpx.HTTPError as exc:
+        return Result(False, None, f"request failed: {exc.__class__.__name__}: {exc}")
+    elapsed = (time.monotonic() - started) * 1000
+    log.add(f"HTTP {response.status_code} in {elapsed:.0f} ms")
+    for raw in response.content[:4096].split(b"\n")[:40]:
+        log.add(clean_line(raw))
+    if response.status_code not in expect:
+        return Result(
+            False,
+            response.status_code,
+            f"status {response.status_code}, expected {', '.join(map(str, expect))}",
+        )
+    return Result(True, response.status_code)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def execute_step(step_id: int, attempt: int) -> None:
+    """Claim and run one attempt of a step, then record its outcome."""
+    step = actions.claim_step(step_id, attempt, worker=worker_name())
+    if step is None:
+        return  # not ours: already claimed, canceled, reaped or gone
+    stage = step.stage
+    run = stage.run
+    log = LogWriter(step, run.pk)
+    if attempt > 1:
+        log.add(f"[clearway] attempt {attempt} of {step.max_attempts}")
+    try:
+        runner = run_http if step.kind == "http" else run_command
+        result = runner(step, run, stage, log)
+    except Exception as exc:  # an executor bug must fail the step, not leave it running
+        result = Result(False, None, f"executor error: {exc.__class__.__name__}: {exc}")
+    finally:
+        log.flush()
+    actions.finish_step(
+        step_id,
+        attempt,
+        succeeded=result.succeeded,
+        exit_code=result.exit_code,
+        error=result.error,
+    )

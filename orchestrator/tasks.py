@@ -1,0 +1,59 @@
+"""Thin Celery wrappers: take ids, re-fetch, return quietly when the row is gone or already
+past the state, call a plain function."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="clearway.execute_step", acks_late=True, reject_on_worker_lost=True)
+def execute_step(step_id: int, attempt: int) -> None:
+    from .executors import execute_step as run
+
+    run(step_id, attempt)
+
+
+def dispatch_step(step_id: int, attempt: int, countdown: float = 0) -> None:
+    """Hand one attempt of a step to a worker (called after commit)."""
+    try:
+        execute_step.apply_async((step_id, attempt), countdown=countdown or None)
+    except Exception:  # broker down: the reaper re-dispatches queued steps later
+        logger.exception("could not dispatch step %s attempt %s", step_id, attempt)
+
+
+@shared_task(name="clearway.advance_run")
+def advance_run(run_id: int) -> None:
+    from .actions import advance_run as advance
+
+    advance(run_id)
+
+
+@shared_task(name="clearway.reap_stale_steps")
+def reap_stale_steps() -> dict:
+    from .actions import reap_stale_steps as reap
+
+    return reap()
+
+
+@shared_task(name="clearway.trigger_scheduled_run")
+def trigger_scheduled_run(pipeline_id: int) -> int | None:
+    from governance import audit
+
+    from .actions import trigger_run
+    from .models import Pipeline, Trigger
+    from .spec import ParameterError
+
+    pipeline = Pipeline.objects.filter(pk=pipeline_id).first()
+    if pipeline is None:
+        return None
+    try:
+        return trigger_run(pipeline, actor=None, trigger=Trigger.SCHEDULE).pk
+    except ParameterError as exc:
+        audit.record(
+            None, "run.trigger", pipeline, outcome="failure", trigger="schedule", error=str(exc)
+        )
+        return None

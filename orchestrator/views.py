@@ -1,0 +1,53 @@
+"""Orchestrator endpoints that are not pages: the signed webhook trigger."""
+
+from __future__ import annotations
+
+import json
+
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from governance import audit
+from governance.models import Outcome
+
+from . import actions, spec
+from .models import Pipeline, Trigger
+
+MAX_WEBHOOK_BODY = 64 * 1024
+
+
+@csrf_exempt  # authenticated by the HMAC signature, not by a session
+@require_POST
+def webhook(request, slug: str):
+    """Trigger a run: body `{"parameters": {...}}`, header
+    `X-Clearway-Signature: sha256=<HMAC-SHA256 of the body with the pipeline's secret>`."""
+    pipeline = Pipeline.objects.filter(slug=slug).first()
+    body = request.body[: MAX_WEBHOOK_BODY + 1]
+    signature = request.headers.get("X-Clearway-Signature")
+    # Unknown pipeline and bad signature look the same from outside.
+    if pipeline is None or not actions.verify_signature(pipeline, body, signature):
+        audit.record(
+            None,
+            "webhook.refused",
+            ("pipeline", pipeline.pk if pipeline else "", slug),
+            outcome=Outcome.DENIED,
+            reason="missing signature" if not signature else "bad signature",
+        )
+        return JsonResponse({"message": "invalid or missing signature"}, status=403)
+    if len(body) > MAX_WEBHOOK_BODY:
+        return JsonResponse({"message": "body too large (max 64 KiB)"}, status=413)
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError as exc:
+        return JsonResponse({"message": f"body is not valid JSON: {exc}"}, status=400)
+    params = payload.get("parameters", {}) if isinstance(payload, dict) else None
+    if not isinstance(params, dict):
+        return JsonResponse({"message": '"parameters" must be an object'}, status=400)
+    try:
+        run = actions.trigger_run(pipeline, actor=None, parameters=params, trigger=Trigger.WEBHOOK)
+    except spec.ParameterError as exc:
+        return JsonResponse({"message": str(exc), "errors": exc.errors}, status=400)
+    except actions.ActionError as exc:
+        return JsonResponse({"message": str(exc)}, status=409)
+    return JsonResponse({"id": run.pk, "number": run.number, "status": run.status}, status=201)

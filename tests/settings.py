@@ -1,0 +1,21 @@
+"""Test settings: the real settings module, made fast (MD5 hasher, SQLite, in-memory channel
+layer) unless DATABASE_URL / REDIS_URL point the integration run at real services."""
+
+import os
+import tempfile
+
+_tmp = tempfile.mkdtemp(prefix="clearway-test-")
+os.environ.setdefault("CLEARWAY_VAR_DIR", _tmp)
+
+from orchestrator.settings import *  # noqa: E402,F403
+from orchestrator.settings import CLEARWAY, DATABASES  # noqa: E402
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(_tmp, "test.sqlite3")}
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+CLEARWAY = {**CLEARWAY, "WORKSPACE_ROOT": os.path.join(_tmp, "workspaces")}
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
