@@ -239,6 +239,8 @@ CLEARWAY = {
     "HEARTBEAT_TIMEOUT": env.float("CLEARWAY_HEARTBEAT_TIMEOUT", default=30.0),
     "REAPER_INTERVAL": env.float("CLEARWAY_REAPER_INTERVAL", default=10.0),
     "POLICY_TIMEOUT": env.float("CLEARWAY_POLICY_TIMEOUT", default=2.0),
+    # Queue that step executions are sent to (empty: Celery's default queue).
+    "STEP_QUEUE": env.str("CLEARWAY_STEP_QUEUE", default=""),
     "DEMO_PASSWORD": "clearway-demo" if DEBUG else None,
     "SITE_URL": env.str("CLEARWAY_SITE_URL", default="http://127.0.0.1:8000"),
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,8 @@ def execute_step(step_id: int, attempt: int) -> None:
 def dispatch_step(step_id: int, attempt: int, countdown: float = 0) -> None:
     """Hand one attempt of a step to a worker (called after commit)."""
     try:
-        execute_step.apply_async((step_id, attempt), countdown=countdown or None)
+        queue = settings.CLEARWAY.get("STEP_QUEUE") or None
+        execute_step.apply_async((step_id, attempt), countdown=countdown or None, queue=queue)
     except Exception:  # broker down: the reaper re-dispatches queued steps later
         logger.exception("could not dispatch step %s attempt %s", step_id, attempt)
 

@@ -4,24 +4,7 @@ on PostgreSQL — triggers that refuse UPDATE, DELETE and TRUNCATE on the audit 
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-ROLES = {
-    "viewer": ["orchestrator.view_pipeline"],
-    "developer": ["orchestrator.add_pipeline"],
-    "approver": ["orchestrator.view_pipeline"],
-    "policy-admin": [
-        "orchestrator.view_pipeline",
-        "governance.add_policy",
-        "governance.change_policy",
-        "governance.view_policy",
-        "governance.change_environment",
-        "governance.view_environment",
-    ],
-    "compliance-manager": [
-        "orchestrator.view_pipeline",
-        "governance.view_auditevent",
-        "governance.export_reports",
-    ],
-}
+from governance.roles import ensure_roles
 
 GUARD_SQL = """
 CREATE OR REPLACE FUNCTION clearway_audit_append_only() RETURNS trigger AS $$
@@ -50,27 +33,19 @@ def seed(apps, schema_editor):
         app_config.models_module = True
         create_permissions(app_config, verbosity=0)
         app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    for role, perms in ROLES.items():
-        group, _ = Group.objects.get_or_create(name=role)
-        for perm in perms:
-            app_label, codename = perm.split(".")
-            group.permissions.add(
-                Permission.objects.get(content_type__app_label=app_label, codename=codename)
-            )
+    ensure_roles(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
     AuditChainHead = apps.get_model("governance", "AuditChainHead")
     AuditChainHead.objects.get_or_create(pk=1)
 
 
 def guard(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(GUARD_SQL)
+        schema_editor.execute(GUARD_SQL, params=None)
 
 
 def unguard(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(UNGUARD_SQL)
+        schema_editor.execute(UNGUARD_SQL, params=None)
 
 
 class Migration(migrations.Migration):

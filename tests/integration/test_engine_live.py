@@ -1,0 +1,225 @@
+"""The engine on PostgreSQL + Redis with a real `celery worker` subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import uuid
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+
+from governance import audit
+from orchestrator import actions
+from orchestrator.models import LogChunk, Run, RunStatus, StageStatus, StepRun, StepStatus, Team
+
+from .conftest import start_beat, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _team() -> Team:
+    group, _ = Group.objects.get_or_create(name="team-it")
+    team, _ = Team.objects.get_or_create(slug="it", defaults={"name": "IT", "group": group})
+    return team
+
+
+def _user(name: str = "it-dev") -> User:
+    user, _ = User.objects.get_or_create(username=name)
+    user.groups.add(_team().group, Group.objects.get(name="developer"))
+    return user
+
+
+def _pipeline(definition: str):
+    slug = f"p-{uuid.uuid4().hex[:8]}"
+    return actions.create_pipeline(actor=_user(), slug=slug, definition=definition, team=_team())
+
+
+def _wait_run(run: Run, statuses, timeout=60) -> Run:
+    def done():
+        run.refresh_from_db()
+        return run.status in statuses
+
+    wait_for(done, timeout, what=f"run {run.pk} to reach {statuses} (is {run.status})")
+    return run
+
+
+FOUR_STAGES = """
+name: four stages
+stages:
+  - name: build
+    steps:
+      - name: compile
+        run: for i in 1 2 3; do echo "compile $i"; done; echo "to stderr" >&2
+  - name: unit
+    needs: [build]
+    steps:
+      - name: unit
+        run: sleep 0.5; echo "unit ok $CLEARWAY_STAGE"
+  - name: lint
+    needs: [build]
+    steps:
+      - name: lint
+        run: sleep 0.5; echo "lint ok"
+  - name: package
+    needs: [unit, lint]
+    steps:
+      - name: package
+        run: echo "package $CLEARWAY_PARAM_VERSION"
+parameters:
+  - name: version
+    default: "1.2.3"
+"""
+
+
+def test_four_stage_run_with_parallel_pair_completes_with_logs(live_db, worker):
+    run = actions.trigger_run(_pipeline(FOUR_STAGES), actor=_user(), trigger="api")
+    _wait_run(run, {RunStatus.SUCCEEDED, RunStatus.FAILED})
+    assert run.status == RunStatus.SUCCEEDED, run.reason
+    stages = {s.name: s for s in run.stages.all()}
+    assert all(s.status == StageStatus.SUCCEEDED for s in stages.values())
+    # unit and lint ran in parallel: each started before the other finished
+    unit, lint = stages["unit"], stages["lint"]
+    assert unit.started_at < lint.finished_at and lint.started_at < unit.finished_at
+    compile_step = StepRun.objects.get(stage=stages["build"])
+    text = "\n".join(LogChunk.objects.filter(step=compile_step).values_list("text", flat=True))
+    assert "compile 3" in text and "[stderr] to stderr" in text
+    package = StepRun.objects.get(stage=stages["package"])
+    assert "package 1.2.3" in "".join(package.log_chunks.values_list("text", flat=True))
+    assert audit.verify().ok
+
+
+FAILING = """
+name: failing
+stages:
+  - name: build
+    steps:
+      - name: compile
+        run: echo building; exit 3
+  - name: test
+    needs: [build]
+    steps:
+      - name: test
+        run: echo never
+  - name: other
+    steps:
+      - name: other
+        run: sleep 1; echo independent
+"""
+
+
+def test_failing_step_fails_run_and_skips_dependants(live_db, worker):
+    run = actions.trigger_run(_pipeline(FAILING), actor=_user(), trigger="api")
+    _wait_run(run, {RunStatus.SUCCEEDED, RunStatus.FAILED})
+    assert run.status == RunStatus.FAILED
+    assert "build" in run.reason
+    stages = {s.name: s for s in run.stages.all()}
+    assert stages["build"].status == StageStatus.FAILED
+    assert stages["test"].status == StageStatus.SKIPPED
+    step = StepRun.objects.get(stage=stages["build"])
+    assert step.exit_code == 3 and step.status == StepStatus.FAILED
+
+
+SLEEPER = """
+name: sleeper
+stages:
+  - name: long
+    steps:
+      - name: sleep
+        run: echo "pid $$"; sleep 300 & wait
+"""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_cancel_mid_step_kills_the_process_group(live_db, worker):
+    run = actions.trigger_run(_pipeline(SLEEPER), actor=_user(), trigger="api")
+    step = StepRun.objects.get(stage__run=run)
+
+    def shell_pid():
+        text = "".join(LogChunk.objects.filter(step=step).values_list("text", flat=True))
+        found = re.search(r"pid (\d+)", text)
+        return int(found.group(1)) if found else None
+
+    pid = wait_for(shell_pid, 30, what="the step to print its pid")
+    assert _pid_alive(pid)
+    actions.cancel_run(run, actor=_user())
+    wait_for(lambda: not _pid_alive(pid), 15, what="the step's shell to be killed")
+    run.refresh_from_db()
+    step.refresh_from_db()
+    assert run.status == RunStatus.CANCELED
+    assert step.status == StepStatus.CANCELED
+
+
+def test_sigkill_of_worker_mid_step_does_not_leave_the_run_running(
+    live_db, log_dir, tmp_path, worker, settings
+):
+    # The step goes to a worker of its own (queue "doomed"); the session worker stays up to
+    # run the reaper that beat schedules.
+    settings.CLEARWAY = {**settings.CLEARWAY, "STEP_QUEUE": "doomed"}
+    own = start_worker(live_db, log_dir, name="doomed", concurrency=1, queues="doomed")
+    beat = start_beat(live_db, log_dir, tmp_path)
+    try:
+        run = actions.trigger_run(_pipeline(SLEEPER), actor=_user(), trigger="api")
+        step = StepRun.objects.get(stage__run=run)
+        wait_for(
+            lambda: StepRun.objects.get(pk=step.pk).status == StepStatus.RUNNING,
+            30,
+            what="the step to start",
+        )
+        os.killpg(own.pid, signal.SIGKILL)
+        _wait_run(run, {RunStatus.FAILED, RunStatus.SUCCEEDED, RunStatus.CANCELED}, timeout=60)
+        step.refresh_from_db()
+        assert run.status == RunStatus.FAILED
+        assert "worker lost" in step.error
+    finally:
+        own.stop(signal.SIGKILL)
+        beat.stop()
+
+
+def test_websocket_client_receives_status_events_in_sequence(live_db, worker, asgi_server):
+    import websockets
+
+    user = _user("it-watcher")
+    pipeline = _pipeline(FOUR_STAGES)
+    client = Client()
+    client.force_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    ws_url = asgi_server.replace("http://", "ws://") + "/ws/events/"
+
+    async def watch() -> list[dict]:
+        seen: list[dict] = []
+        async with websockets.connect(
+            ws_url, additional_headers={"Cookie": cookie, "Origin": asgi_server}
+        ) as ws:
+            hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert hello["type"] == "hello" and pipeline.pk in hello["pipelines"]
+            run = await asyncio.to_thread(actions.trigger_run, pipeline, actor=user, trigger="api")
+            await ws.send(json.dumps({"subscribe": "run", "id": run.pk}))
+            while True:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if event.get("run") != run.pk or "seq" not in event:
+                    continue
+                seen.append(event)
+                if event["type"] == "run.updated" and event["data"]["status"] in (
+                    "succeeded",
+                    "failed",
+                ):
+                    return seen
+
+    events = asyncio.run(watch())
+    status_events = [e for e in events if e["type"] != "log"]
+    seqs = [e["seq"] for e in status_events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert status_events[-1]["data"]["status"] == "succeeded"
+    assert {"stage.updated", "step.updated", "run.updated"} <= {e["type"] for e in events}
