@@ -43,7 +43,10 @@ class Command(BaseCommand):
         beat = None if opts["no_beat"] else self._start_beat()
         try:
             self._banner(opts["host"], opts["port"], demo=not opts["no_demo"], seeded=seeded)
-            asyncio.run(self._serve(opts["host"], opts["port"]))
+            try:
+                asyncio.run(self._serve(opts["host"], opts["port"]))
+            except KeyboardInterrupt:
+                pass  # uvicorn re-raises the Ctrl-C it handled; shutting down is the answer
         finally:
             self.stdout.write("Stopping worker and beat…")
             from orchestrator.executors import kill_running_steps

@@ -1,0 +1,180 @@
+"""`manage.py standalone` as a user runs it: a subprocess on a free port, on SQLite, with the
+embedded broker. Log in over HTTP, run a pipeline through its worker, see the result, stop it
+with Ctrl-C (SIGINT) and check that nothing it started is left behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DEFINITION = """
+name: smoke
+stages:
+  - name: hello
+    steps:
+      - name: hello
+        run: echo "hello from the worker $CLEARWAY_PARAM_WHO"
+parameters:
+  - name: who
+    default: standalone
+"""
+
+SLEEPER = """
+name: sleeper
+stages:
+  - name: sleep
+    steps:
+      - name: sleep
+        run: echo "pid $$"; sleep 120
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def standalone_env(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    env.update(CLEARWAY_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="orchestrator.settings",
+               PYTHONUNBUFFERED="1", DJANGO_SUPERUSER_PASSWORD="s3cret-pass-for-test")
+    setup = (
+        "from django.contrib.auth.models import Group, User;"
+        "from orchestrator.models import Team;"
+        "User.objects.create_superuser('root', 'root@example.org', 's3cret-pass-for-test');"
+        "Team.objects.create(slug='ops', name='Ops', group=Group.objects.create(name='team-ops'))"
+    )
+    for args in (["migrate", "--verbosity", "0"], ["shell", "-c", setup]):
+        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True,
+                       timeout=180, capture_output=True)
+    return env
+
+
+def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "standalone.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "standalone", "--port", str(port), "--no-demo"],
+        cwd=ROOT, env=standalone_env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(up, 90, "the standalone server to answer")
+        banner = (tmp_path / "standalone.log").read_text()
+        assert f"http://127.0.0.1:{port}/" in banner
+
+        with httpx.Client(base_url=base, timeout=10) as http:
+            page = http.get("/accounts/login/")
+            assert page.status_code == 200 and "Log in" in page.text
+            csrf = http.cookies["csrftoken"]
+            login = http.post("/accounts/login/", data={
+                "username": "root", "password": "s3cret-pass-for-test",
+                "csrfmiddlewaretoken": csrf, "next": "/",
+            })
+            assert login.status_code == 302, login.text
+            assert "sessionid" in http.cookies
+            headers = {"X-CSRFToken": http.cookies["csrftoken"], "Referer": base + "/"}
+            created = http.post("/api/v1/pipelines/", headers=headers, json={
+                "slug": "smoke", "team": "ops", "definition": DEFINITION})
+            assert created.status_code == 201, created.text
+            run = http.post("/api/v1/pipelines/smoke/runs/", headers=headers,
+                            json={"parameters": {"who": "in-a-test"}})
+            assert run.status_code == 201, run.text
+            run_id = run.json()["id"]
+
+            def finished():
+                body = http.get(f"/api/v1/runs/{run_id}/").json()
+                return body if body["status"] in ("succeeded", "failed") else None
+
+            detail = _wait(finished, 60, "the run to finish")
+            assert detail["status"] == "succeeded", detail
+            step = detail["stages"][0]["steps"][0]
+            lines = http.get(f"/api/v1/runs/{run_id}/log/",
+                             params={"step": step["id"]}).json()["lines"]
+            assert any("hello from the worker in-a-test" in line for line in lines)
+
+            # Leave a step running: Ctrl-C must stop it too.
+            http.post("/api/v1/pipelines/", headers=headers, json={
+                "slug": "sleeper", "team": "ops", "definition": SLEEPER})
+            sleeper = http.post("/api/v1/pipelines/sleeper/runs/", headers=headers,
+                                json={"parameters": {}}).json()
+
+            def step_pid():
+                body = http.get(f"/api/v1/runs/{sleeper['id']}/").json()
+                step_id = body["stages"][0]["steps"][0]["id"]
+                text = " ".join(http.get(f"/api/v1/runs/{sleeper['id']}/log/",
+                                         params={"step": step_id}).json()["lines"])
+                found = re.search(r"pid (\d+)", text)
+                return int(found.group(1)) if found else None
+
+            sleeper_pid = _wait(step_pid, 30, "the sleeping step to start")
+        started = _descendants(proc.pid)
+        assert sleeper_pid in started
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+        assert proc.returncode == 0, (tmp_path / "standalone.log").read_text()
+        leftovers = [pid for pid in started if _alive(pid)]
+        assert leftovers == [], f"processes left behind: {leftovers}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
