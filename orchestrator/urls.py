@@ -22,6 +22,7 @@ urlpatterns = [
     ),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/auth/token/", views.obtain_token, name="api-token"),
     path("api/v1/", include("orchestrator.api_urls")),
     path("hooks/<slug:slug>/", views.webhook, name="webhook"),
     path("", include("governance.urls")),

@@ -7,6 +7,10 @@ import json
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
 
 from governance import audit
 from governance.models import Outcome
@@ -51,3 +55,30 @@ def webhook(request, slug: str):
     except actions.ActionError as exc:
         return JsonResponse({"message": str(exc)}, status=409)
     return JsonResponse({"id": run.pk, "number": run.number, "status": run.status}, status=201)
+
+
+class _ObtainToken(ObtainAuthToken):
+    """`POST {"username", "password"}` → `{"token"}`. Authentication goes through
+    django-axes, so repeated failures lock the account and the address out here too."""
+
+    def post(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        valid = serializer.is_valid()
+        # axes flags the request it was given (DRF's wrapper), which its middleware never sees.
+        if getattr(request, "axes_locked_out", False):
+            return JsonResponse(
+                {
+                    "message": "too many failed attempts: this account or address is locked out "
+                    "for a while; try again later"
+                },
+                status=429,
+            )
+        if not valid:
+            raise ValidationError(serializer.errors)
+        user = serializer.validated_data["user"]
+        token, _ = Token.objects.get_or_create(user=user)
+        audit.record(user, "token.obtain", user)
+        return Response({"token": token.key})
+
+
+obtain_token = _ObtainToken.as_view()

@@ -17,7 +17,11 @@ def _boot(env: dict) -> subprocess.CompletedProcess:
     clean.update(env, DJANGO_SETTINGS_MODULE="orchestrator.settings")
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); print('booted')"],
-        cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -35,9 +39,7 @@ def test_refuses_to_start_with_debug_off_and_no_secret_key(tmp_path):
 
 
 def test_starts_with_debug_off_and_a_secret_key(tmp_path):
-    result = _boot(
-        {"DEBUG": "false", "SECRET_KEY": "x" * 60, "CLEARWAY_VAR_DIR": str(tmp_path)}
-    )
+    result = _boot({"DEBUG": "false", "SECRET_KEY": "x" * 60, "CLEARWAY_VAR_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
 
 
@@ -48,8 +50,14 @@ def test_sqlite_default_uses_wal(tmp_path):
     )
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
     clean.update(CLEARWAY_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="orchestrator.settings")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.stdout.strip() == "wal", result.stderr
     assert (tmp_path / "clearway.sqlite3").exists()
 

@@ -86,10 +86,17 @@ def _wait(predicate, timeout: float, what: str):
 
 @pytest.fixture
 def standalone_env(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(CLEARWAY_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="orchestrator.settings",
-               PYTHONUNBUFFERED="1", DJANGO_SUPERUSER_PASSWORD="s3cret-pass-for-test")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
+    }
+    env.update(
+        CLEARWAY_VAR_DIR=str(tmp_path),
+        DJANGO_SETTINGS_MODULE="orchestrator.settings",
+        PYTHONUNBUFFERED="1",
+        DJANGO_SUPERUSER_PASSWORD="s3cret-pass-for-test",
+    )
     setup = (
         "from django.contrib.auth.models import Group, User;"
         "from orchestrator.models import Team;"
@@ -97,8 +104,14 @@ def standalone_env(tmp_path):
         "Team.objects.create(slug='ops', name='Ops', group=Group.objects.create(name='team-ops'))"
     )
     for args in (["migrate", "--verbosity", "0"], ["shell", "-c", setup]):
-        subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True,
-                       timeout=180, capture_output=True)
+        subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=180,
+            capture_output=True,
+        )
     return env
 
 
@@ -107,10 +120,14 @@ def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_pat
     log = open(tmp_path / "standalone.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "standalone", "--port", str(port), "--no-demo"],
-        cwd=ROOT, env=standalone_env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=standalone_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def up():
             try:
                 return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
@@ -125,18 +142,29 @@ def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_pat
             page = http.get("/accounts/login/")
             assert page.status_code == 200 and "Log in" in page.text
             csrf = http.cookies["csrftoken"]
-            login = http.post("/accounts/login/", data={
-                "username": "root", "password": "s3cret-pass-for-test",
-                "csrfmiddlewaretoken": csrf, "next": "/",
-            })
+            login = http.post(
+                "/accounts/login/",
+                data={
+                    "username": "root",
+                    "password": "s3cret-pass-for-test",
+                    "csrfmiddlewaretoken": csrf,
+                    "next": "/",
+                },
+            )
             assert login.status_code == 302, login.text
             assert "sessionid" in http.cookies
             headers = {"X-CSRFToken": http.cookies["csrftoken"], "Referer": base + "/"}
-            created = http.post("/api/v1/pipelines/", headers=headers, json={
-                "slug": "smoke", "team": "ops", "definition": DEFINITION})
+            created = http.post(
+                "/api/v1/pipelines/",
+                headers=headers,
+                json={"slug": "smoke", "team": "ops", "definition": DEFINITION},
+            )
             assert created.status_code == 201, created.text
-            run = http.post("/api/v1/pipelines/smoke/runs/", headers=headers,
-                            json={"parameters": {"who": "in-a-test"}})
+            run = http.post(
+                "/api/v1/pipelines/smoke/runs/",
+                headers=headers,
+                json={"parameters": {"who": "in-a-test"}},
+            )
             assert run.status_code == 201, run.text
             run_id = run.json()["id"]
 
@@ -147,21 +175,29 @@ def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_pat
             detail = _wait(finished, 60, "the run to finish")
             assert detail["status"] == "succeeded", detail
             step = detail["stages"][0]["steps"][0]
-            lines = http.get(f"/api/v1/runs/{run_id}/log/",
-                             params={"step": step["id"]}).json()["lines"]
+            lines = http.get(f"/api/v1/runs/{run_id}/log/", params={"step": step["id"]}).json()[
+                "lines"
+            ]
             assert any("hello from the worker in-a-test" in line for line in lines)
 
             # Leave a step running: Ctrl-C must stop it too.
-            http.post("/api/v1/pipelines/", headers=headers, json={
-                "slug": "sleeper", "team": "ops", "definition": SLEEPER})
-            sleeper = http.post("/api/v1/pipelines/sleeper/runs/", headers=headers,
-                                json={"parameters": {}}).json()
+            http.post(
+                "/api/v1/pipelines/",
+                headers=headers,
+                json={"slug": "sleeper", "team": "ops", "definition": SLEEPER},
+            )
+            sleeper = http.post(
+                "/api/v1/pipelines/sleeper/runs/", headers=headers, json={"parameters": {}}
+            ).json()
 
             def step_pid():
                 body = http.get(f"/api/v1/runs/{sleeper['id']}/").json()
                 step_id = body["stages"][0]["steps"][0]["id"]
-                text = " ".join(http.get(f"/api/v1/runs/{sleeper['id']}/log/",
-                                         params={"step": step_id}).json()["lines"])
+                text = " ".join(
+                    http.get(f"/api/v1/runs/{sleeper['id']}/log/", params={"step": step_id}).json()[
+                        "lines"
+                    ]
+                )
                 found = re.search(r"pid (\d+)", text)
                 return int(found.group(1)) if found else None
 
