@@ -4,6 +4,8 @@ workers is dispatched after commit too (a task never sees uncommitted rows)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -43,7 +45,25 @@ class ActionError(Exception):
 # --- dispatching ----------------------------------------------------------------------
 
 
+# Who receives steps to execute: Celery (tasks.dispatch_step) unless a caller — the demo's
+# history seeder, which simulates execution with a travelled clock — says otherwise.
+_dispatch_override: contextvars.ContextVar = contextvars.ContextVar("dispatch", default=None)
+
+
+@contextlib.contextmanager
+def dispatching_to(func):
+    """Within the block, hand steps to `func(step_id, attempt, countdown)` instead of Celery."""
+    token = _dispatch_override.set(func)
+    try:
+        yield
+    finally:
+        _dispatch_override.reset(token)
+
+
 def _dispatcher():
+    override = _dispatch_override.get()
+    if override is not None:
+        return override
     from . import tasks
 
     return tasks.dispatch_step
@@ -337,6 +357,7 @@ def claim_step(step_id: int, attempt: int, *, worker: str) -> StepRun | None:
     claimed = StepRun.objects.filter(pk=step_id, status=StepStatus.QUEUED, attempt=attempt).update(
         status=StepStatus.RUNNING,
         started_at=now,
+        finished_at=None,  # a retried attempt starts afresh
         heartbeat_at=now,
         worker=worker[:200],
         exit_code=None,
@@ -454,8 +475,14 @@ def reap_stale_steps(*, now: datetime | None = None) -> dict:
     redispatched = 0
     send = _dispatcher()
     for step in StepRun.objects.filter(status=StepStatus.QUEUED, queued_at__lt=lost_before):
-        send(step.pk, step.attempt, 0)
-        redispatched += 1
+        # Restart its clock first: a step that merely waits behind busy workers gets one more
+        # copy per period, not one per reaper tick (and two reapers do not both send).
+        rearmed = StepRun.objects.filter(
+            pk=step.pk, status=StepStatus.QUEUED, attempt=step.attempt, queued_at=step.queued_at
+        ).update(queued_at=now)
+        if rearmed:
+            send(step.pk, step.attempt, 0)
+            redispatched += 1
     return {"reaped": reaped, "redispatched": redispatched}
 
 

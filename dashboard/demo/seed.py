@@ -8,6 +8,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import Group
 from django.db import transaction
 from guardian.shortcuts import assign_perm
@@ -51,6 +52,8 @@ def _year_end_freeze(today: date) -> dict:
 def seed_people() -> dict:
     User = get_user_model()
     password = settings.CLEARWAY.get("DEMO_PASSWORD")
+    # Hash once: every demo user shares the published demo password.
+    hashed = make_password(password) if password else make_password(None)
     for name in ("sre", "security"):
         Group.objects.get_or_create(name=name)
     teams = {}
@@ -71,11 +74,8 @@ def seed_people() -> dict:
             },
         )
         if created:
-            if password:
-                user.set_password(password)
-            else:
-                user.set_unusable_password()
-            user.save()
+            user.password = hashed
+            user.save(update_fields=["password"])
             user.groups.set(Group.objects.filter(name__in=groups))
         users[username] = user
     admin, created = User.objects.get_or_create(
@@ -89,11 +89,8 @@ def seed_people() -> dict:
         },
     )
     if created:
-        if password:
-            admin.set_password(password)
-        else:
-            admin.set_unusable_password()
-        admin.save()
+        admin.password = hashed
+        admin.save(update_fields=["password"])
     users["admin"] = admin
     return {"users": users, "teams": teams}
 

@@ -63,7 +63,9 @@ class Command(BaseCommand):
 
         if get_user_model().objects.filter(username="dana").exists():
             return False
-        self.stdout.write("Seeding the demo (first start only)…")
+        self.stdout.write(
+            "Seeding the Northwind Health demo (first start only; takes a minute or two)…"
+        )
         call_command("seed_demo")
         return True
 
