@@ -183,6 +183,18 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "orchestrator.models.RunStatus",
+        "StageStatusEnum": "orchestrator.models.StageStatus",
+        "StepStatusEnum": "orchestrator.models.StepStatus",
+        "TriggerEnum": "orchestrator.models.Trigger",
+        "GateStatusEnum": "governance.models.GateStatus",
+        "TierEnum": "governance.models.Tier",
+        "EnforcementEnum": "governance.models.Enforcement",
+        "OutcomeEnum": "governance.models.Outcome",
+        "ApprovalDecisionEnum": "governance.models.ApprovalDecision",
+        "ReportJobStatusEnum": "governance.models.ReportJob.Status",
+    },
 }
 
 # --- i18n, static -----------------------------------------------------------------------
