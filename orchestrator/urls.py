@@ -29,4 +29,4 @@ urlpatterns = [
     path("", include("dashboard.urls")),
 ]
 
-handler500 = "dashboard.views.server_error"
+handler500 = "orchestrator.views.server_error"

@@ -26,8 +26,12 @@ MAX_WEBHOOK_BODY = 64 * 1024
 def webhook(request, slug: str):
     """Trigger a run: body `{"parameters": {...}}`, header
     `X-Clearway-Signature: sha256=<HMAC-SHA256 of the body with the pipeline's secret>`."""
+    body = request.body
+    # Checked first, for every slug: a signature over a cut-off body could never match, so a
+    # large but genuine request would be told its signature is wrong.
+    if len(body) > MAX_WEBHOOK_BODY:
+        return JsonResponse({"message": "body too large (max 64 KiB)"}, status=413)
     pipeline = Pipeline.objects.filter(slug=slug).first()
-    body = request.body[: MAX_WEBHOOK_BODY + 1]
     signature = request.headers.get("X-Clearway-Signature")
     # Unknown pipeline and bad signature look the same from outside.
     if pipeline is None or not actions.verify_signature(pipeline, body, signature):
@@ -39,8 +43,6 @@ def webhook(request, slug: str):
             reason="missing signature" if not signature else "bad signature",
         )
         return JsonResponse({"message": "invalid or missing signature"}, status=403)
-    if len(body) > MAX_WEBHOOK_BODY:
-        return JsonResponse({"message": "body too large (max 64 KiB)"}, status=413)
     try:
         payload = json.loads(body or b"{}")
     except ValueError as exc:
@@ -82,3 +84,33 @@ class _ObtainToken(ObtainAuthToken):
 
 
 obtain_token = _ObtainToken.as_view()
+
+
+def server_error(request):
+    """handler500: never a stack trace. A database that cannot be reached is a 503 (nothing
+    was changed: the transaction did not commit), anything else a 500; JSON for the API."""
+    import sys
+
+    from django.db import DatabaseError, InterfaceError, OperationalError
+    from django.http import HttpResponse
+    from django.template import loader
+
+    exc = sys.exc_info()[1]
+    unavailable = isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DatabaseError) and "connect" in str(exc).lower()
+    )
+    status = 503 if unavailable else 500
+    if request.path.startswith(("/api/", "/hooks/", "/healthz")):
+        message = (
+            "the database is unavailable; nothing was changed, try again shortly"
+            if unavailable
+            else "internal error; it was logged"
+        )
+        response = JsonResponse({"message": message}, status=status)
+    else:
+        # Rendered without the request: no context processor may touch the database.
+        page = loader.render_to_string("503.html" if unavailable else "500.html")
+        response = HttpResponse(page, status=status)
+    if unavailable:
+        response["Retry-After"] = "30"
+    return response

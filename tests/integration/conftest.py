@@ -277,3 +277,27 @@ def asgi_server(live_db, log_dir) -> Iterator[str]:
     proc, url = start_server(live_db, log_dir)
     yield url
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def production_env(live_db, tmp_path_factory) -> dict[str, str]:
+    """Settings of a production deployment (DEBUG off: no debug pages, hashed static files),
+    served over plain HTTP on loopback for the test."""
+    var = tmp_path_factory.mktemp("prod-var")
+    extra = {
+        "DEBUG": "false",
+        "SECRET_KEY": settings.SECRET_KEY,  # sessions made by the test process must verify
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "false",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+        "CLEARWAY_VAR_DIR": str(var),
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=process_env(live_db, **extra),
+        check=True,
+        timeout=300,
+    )
+    return extra

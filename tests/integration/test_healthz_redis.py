@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from django.test import Client
 
-from .conftest import free_port, require, wait_for, _port_open
+from .conftest import _port_open, free_port, require, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -19,9 +19,21 @@ def own_redis(tmp_path):
     require(shutil.which("redis-server") is not None, "redis-server")
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_for(lambda: _port_open("127.0.0.1", port), 20, what="redis-server")
     yield proc, f"redis://127.0.0.1:{port}/0"
@@ -34,10 +46,10 @@ def test_healthz_reports_stopped_redis_as_503(live_db, own_redis, settings):
     proc, url = own_redis
     settings.CELERY_BROKER_URL = url
     settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                    "CONFIG": {"hosts": [url]}}
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
     }
     from channels.layers import channel_layers
+
     from orchestrator.celery import app
 
     channel_layers.backends.clear()
