@@ -38,7 +38,7 @@ check: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format --check .
 
 lint: check
-	$(VENV)/bin/bandit -q -c pyproject.toml -r orchestrator governance dashboard
+	$(VENV)/bin/bandit -q -c pyproject.toml --severity-level high -r orchestrator governance dashboard
 
 test-fast: $(VENV)/.installed-dev
 	$(VENV)/bin/pytest -m "not integration and not browser" -q -p no:cacheprovider

@@ -354,7 +354,9 @@ def claim_step(step_id: int, attempt: int, *, worker: str) -> StepRun | None:
     """Claim a queued step for this worker. The conditional UPDATE makes a redelivered or
     duplicated task message harmless: only one claim of (step, attempt) can succeed."""
     now = timezone.now()
-    claimed = StepRun.objects.filter(pk=step_id, status=StepStatus.QUEUED, attempt=attempt).update(
+    claimed = StepRun.objects.filter(
+        pk=step_id, status=StepStatus.QUEUED, attempt=attempt
+    ).update(
         status=StepStatus.RUNNING,
         started_at=now,
         finished_at=None,  # a retried attempt starts afresh
