@@ -11,7 +11,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-@app.task(name="clearway.ping")
+@app.task(name="clearway.ping", ignore_result=False)
 def ping(value: str = "pong") -> str:
     """A trivial task: health checks and the standalone smoke test use it."""
     return value
