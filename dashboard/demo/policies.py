@@ -1,0 +1,48 @@
+"""The demo's policies: the five shipped in governance/demo_policies, scoped to production and
+published with their test cases through the product's own policy verbs (so the audit chain
+verifies and every version has passing test results)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from governance import policies, rego
+from governance.models import Enforcement, Policy
+
+# Enforcement per demo policy (the same as their header comments; this table is the contract).
+ENFORCEMENT = {
+    "prod-approvals": Enforcement.HARD_MANDATORY,
+    "freeze": Enforcement.HARD_MANDATORY,
+    "change-window": Enforcement.SOFT_MANDATORY,
+    "tests-passed": Enforcement.HARD_MANDATORY,
+    "main-branch": Enforcement.ADVISORY,
+}
+SCOPE = ["production"]
+
+
+def seed_policies(author, *, now: datetime) -> int:
+    """Create and publish the demo policies. Idempotent: an existing policy is left as it is,
+    except that one never published (an interrupted seed) is published now. Returns the
+    number of demo policies in place."""
+    count = 0
+    for demo in rego.demo_policies():
+        name = demo["name"]
+        policy = Policy.objects.filter(name=name).first()
+        if policy is None:
+            description = demo["title"]
+            if demo["description"]:
+                description = f"{demo['title']}. {demo['description']}"
+            policy = policies.create_policy(
+                actor=author,
+                name=name,
+                source=demo["source"],
+                enforcement=ENFORCEMENT.get(name, demo["enforcement"]),
+                description=description,
+                environments=SCOPE,
+                test_cases=demo["tests"],
+                now=now,
+            )
+        if policy.current_version is None:
+            policies.publish_policy(policy, actor=author, now=now)
+        count += 1
+    return count

@@ -1,0 +1,372 @@
+"""Django admin for the governance models.
+
+The admin is a window, not a back door: history (audit events, policy versions, decisions,
+gates, approvals, overrides, reports) is read-only here, policies are saved through the
+policy verbs (compiled, audited, versioned only by publishing), environment changes are
+audited, and every list goes through governance.permissions.restrict.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import models
+from django.utils.html import format_html
+
+from . import audit, policies, rego
+from .models import (
+    Approval,
+    ApprovalRule,
+    AuditChainHead,
+    AuditEvent,
+    Environment,
+    Gate,
+    Override,
+    Policy,
+    PolicyDecision,
+    PolicyVersion,
+    ReportJob,
+    Tier,
+)
+from .permissions import restrict
+from .rego import PolicyCompileError
+
+
+def _all_fields(model) -> list[str]:
+    return [f.name for f in model._meta.fields]
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History is never edited: no add, change or delete, every field read-only."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_readonly_fields(self, request, obj=None):
+        return _all_fields(self.model) + [f.name for f in self.model._meta.many_to_many]
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+# --- audit -------------------------------------------------------------------------------
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    """Strictly read-only: the only writer of the audit log is governance.audit.record."""
+
+    list_display = ("seq", "at", "actor_name", "action", "target", "outcome", "short_hash")
+    list_filter = ("outcome", "target_type")
+    search_fields = ("action", "actor_name", "target_name", "target_id", "request_id")
+    date_hierarchy = "at"
+    ordering = ("-seq",)
+    fields = _all_fields(AuditEvent)
+    actions = None
+    list_per_page = 100
+    show_full_result_count = False  # a COUNT(*) over the whole log on every page is waste
+
+    def get_queryset(self, request):
+        return restrict(super().get_queryset(request), request.user, "view")
+
+    @admin.display(description="target")
+    def target(self, event: AuditEvent) -> str:
+        if not event.target_type:
+            return ""
+        name = f" {event.target_name}" if event.target_name else ""
+        return f"{event.target_type}:{event.target_id}{name}"
+
+    @admin.display(description="hash")
+    def short_hash(self, event: AuditEvent) -> str:
+        return event.hash[:12]
+
+
+@admin.register(AuditChainHead)
+class AuditChainHeadAdmin(ReadOnlyAdmin):
+    list_display = ("seq", "hash")
+
+
+# --- policies ----------------------------------------------------------------------------
+
+
+class PolicyAdminForm(forms.ModelForm):
+    """Compiles the source in clean(): a compile error is shown on the source field with its
+    line and column, and nothing is saved."""
+
+    tiers = forms.MultipleChoiceField(
+        choices=Tier.choices, required=False, widget=forms.CheckboxSelectMultiple
+    )
+    test_cases = forms.JSONField(required=False, initial=list)
+    source = forms.CharField(
+        strip=False,
+        widget=forms.Textarea(
+            attrs={"rows": 24, "cols": 100, "spellcheck": "false", "class": "vLargeTextField"}
+        ),
+    )
+
+    class Meta:
+        model = Policy
+        fields = [
+            "name",
+            "description",
+            "enforcement",
+            "environments",
+            "tiers",
+            "enabled",
+            "source",
+            "test_cases",
+        ]
+
+    def clean_source(self):
+        # Browsers submit textareas with CRLF line ends; the source is stored with LF.
+        source = (self.cleaned_data.get("source") or "").replace("\r\n", "\n")
+        if self.instance.pk and source == self.instance.source:
+            return source  # unchanged drafts were compiled when they were saved
+        try:
+            rego.compile_policy(source)
+        except PolicyCompileError as exc:
+            raise forms.ValidationError([str(e) for e in exc.errors])
+        return source
+
+    def clean_test_cases(self):
+        try:
+            return policies.validate_test_cases(self.cleaned_data.get("test_cases") or [])
+        except policies.PolicyInvalid as exc:
+            raise forms.ValidationError(exc.message)
+
+
+class PolicyVersionInline(ReadOnlyInline):
+    model = PolicyVersion
+    fields = ("number", "sha256", "enforcement", "author", "created_at")
+    readonly_fields = fields
+    ordering = ("-number",)
+
+
+@admin.register(Policy)
+class PolicyAdmin(admin.ModelAdmin):
+    form = PolicyAdminForm
+    list_display = ("name", "enforcement", "enabled", "published", "draft_state", "updated_at")
+    list_filter = ("enforcement", "enabled")
+    search_fields = ("name", "description")
+    inlines = [PolicyVersionInline]
+    actions = ["publish_selected", "disable_selected"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Renaming would break every reference by name (reports, decisions, the API).
+        return ("name",) if obj is not None else ()
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # disable instead: history keeps pointing at its versions
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request).select_related("current_version")
+        return restrict(qs, request.user, "view")
+
+    @admin.display(description="published")
+    def published(self, policy: Policy) -> str:
+        return f"v{policy.current_version.number}" if policy.current_version else "—"
+
+    @admin.display(description="draft")
+    def draft_state(self, policy: Policy) -> str:
+        return "unpublished changes" if policy.has_unpublished_changes else "published"
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        common = {
+            "description": data.get("description", ""),
+            "environments": list(data.get("environments") or []),
+            "tiers": data.get("tiers") or [],
+            "test_cases": data.get("test_cases") or [],
+            "enabled": data.get("enabled", True),
+            "enforcement": data["enforcement"],
+        }
+        if change:
+            policies.save_draft(obj, actor=request.user, source=data["source"], **common)
+        else:
+            created = policies.create_policy(
+                actor=request.user, name=data["name"], source=data["source"], **common
+            )
+            obj.pk = created.pk
+        obj.refresh_from_db()
+
+    def save_related(self, request, form, formsets, change):
+        # The verbs set the environments (audited); form.save_m2m() would set them again.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    @admin.action(description="Publish selected policies (runs their test cases)")
+    def publish_selected(self, request, queryset):
+        if not policies_editable(request):
+            self.message_user(request, "you may not publish policies", messages.ERROR)
+            return
+        for policy in queryset:
+            try:
+                version = policies.publish_policy(policy, actor=request.user)
+            except (policies.PolicyActionError, PolicyCompileError) as exc:
+                self.message_user(request, f"{policy.name}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{policy.name}: published v{version.number}")
+
+    @admin.action(description="Disable selected policies")
+    def disable_selected(self, request, queryset):
+        if not policies_editable(request):
+            self.message_user(request, "you may not change policies", messages.ERROR)
+            return
+        for policy in queryset:
+            policies.disable_policy(policy, actor=request.user)
+        self.message_user(request, f"disabled {queryset.count()} polic(ies)")
+
+
+def policies_editable(request) -> bool:
+    from .permissions import can_edit_policies
+
+    return can_edit_policies(request.user)
+
+
+@admin.register(PolicyVersion)
+class PolicyVersionAdmin(ReadOnlyAdmin):
+    list_display = ("policy", "number", "enforcement", "sha256", "author", "created_at")
+    list_filter = ("enforcement",)
+    search_fields = ("policy__name", "sha256")
+    formfield_overrides = {models.TextField: {"widget": forms.Textarea}}
+
+
+@admin.register(PolicyDecision)
+class PolicyDecisionAdmin(ReadOnlyAdmin):
+    list_display = ("id", "gate", "policy_version", "enforcement", "result", "current", "at")
+    list_filter = ("result", "enforcement", "current")
+    list_select_related = ("policy_version__policy", "gate")
+
+    def get_queryset(self, request):
+        return restrict(super().get_queryset(request), request.user, "view")
+
+    @admin.display(description="at", ordering="created_at")
+    def at(self, decision: PolicyDecision):
+        return decision.created_at
+
+
+# --- environments --------------------------------------------------------------------------
+
+
+class ApprovalRuleInline(admin.TabularInline):
+    model = ApprovalRule
+    extra = 0
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(admin.ModelAdmin):
+    """Environments are configuration: editable by holders of change_environment, and every
+    change is audited in the transaction of the admin save."""
+
+    list_display = ("name", "tier", "protected", "timezone", "approval_ttl_hours")
+    list_filter = ("tier", "protected")
+    search_fields = ("name",)
+    inlines = [ApprovalRuleInline]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # gates, runs and reports refer to environments
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        audit.record(
+            request.user,
+            "environment.update" if change else "environment.create",
+            obj,
+            changed=sorted(form.changed_data),
+            tier=obj.tier,
+            protected=obj.protected,
+        )
+
+    def save_formset(self, request, form, formset, change):
+        instances = formset.save()
+        changes = {
+            "added": [str(o) for o in formset.new_objects],
+            "changed": [str(o) for o, _ in formset.changed_objects],
+            "deleted": [str(o) for o in formset.deleted_objects],
+        }
+        if any(changes.values()):
+            audit.record(request.user, "environment.approval_rules", form.instance, **changes)
+        return instances
+
+
+# --- gates and what hangs off them --------------------------------------------------------
+
+
+class DecisionInline(ReadOnlyInline):
+    model = PolicyDecision
+    fields = ("policy_version", "enforcement", "result", "deny", "warn", "current", "created_at")
+    readonly_fields = fields
+
+
+class ApprovalInline(ReadOnlyInline):
+    model = Approval
+    fields = ("user", "decision", "comment", "attributed_group", "void", "created_at")
+    readonly_fields = fields
+
+
+class OverrideInline(ReadOnlyInline):
+    model = Override
+    fields = ("user", "justification", "policies", "created_at")
+    readonly_fields = fields
+
+
+@admin.register(Gate)
+class GateAdmin(ReadOnlyAdmin):
+    """Gates change only through governance.gates / governance.actions (locked, audited)."""
+
+    list_display = ("id", "run", "environment", "status", "created_at", "decided_at")
+    list_filter = ("status", "environment")
+    list_select_related = ("environment", "stage_run__run__pipeline")
+    inlines = [DecisionInline, ApprovalInline, OverrideInline]
+
+    def get_queryset(self, request):
+        return restrict(super().get_queryset(request), request.user, "view")
+
+    @admin.display(description="run")
+    def run(self, gate: Gate) -> str:
+        return format_html("{} / {}", gate.stage_run.run, gate.stage_run.name)
+
+
+@admin.register(Approval)
+class ApprovalAdmin(ReadOnlyAdmin):
+    list_display = ("id", "gate", "user", "decision", "void", "created_at")
+    list_filter = ("decision", "void")
+
+    def get_queryset(self, request):
+        return restrict(super().get_queryset(request), request.user, "view")
+
+
+@admin.register(Override)
+class OverrideAdmin(ReadOnlyAdmin):
+    list_display = ("id", "gate", "user", "created_at")
+
+    def get_queryset(self, request):
+        gates = restrict(Gate.objects.all(), request.user, "view")
+        return super().get_queryset(request).filter(gate__in=gates)
+
+
+@admin.register(ReportJob)
+class ReportJobAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "requested_by", "status", "progress", "created_at")
+    list_filter = ("status", "kind")
+
+    def get_queryset(self, request):
+        return restrict(super().get_queryset(request), request.user, "view")
