@@ -2,9 +2,11 @@
 
 Only authenticated users get in (origin validation happens in asgi.py). On connect the user
 joins the group of every pipeline they may view; `{"subscribe": "run", "id": N}` adds the
-run's log stream after the same permission check the pages use. Permissions are decided by
-governance.permissions, and re-decided on every (re)connect, so revoked access stops at the
-latest on reconnect.
+run's log stream after the same permission check the pages use, and answers
+`{"type": "subscribed", "run": N, "seq": S}` with the run's current sequence number so the
+client can tell whether it missed anything. Permissions are decided by
+governance.permissions, and re-decided on every (re)connect and every subscription, so
+revoked access stops at the latest on reconnect.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from governance import permissions
 from orchestrator import events
 
+MAX_RUN_SUBSCRIPTIONS = 20  # a page watches one run; a bound keeps a client from hoarding groups
+
 
 class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
@@ -22,8 +26,9 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
-        self.pipeline_ids = await self._visible_pipeline_ids(user)
         self.groups_joined: set[str] = set()
+        self.runs: set[int] = set()
+        self.pipeline_ids = await self._visible_pipeline_ids(user)
         for pid in self.pipeline_ids:
             await self._join(events.pipeline_group(pid))
         await self.accept()
@@ -38,21 +43,44 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "error", "message": "expected a JSON object"})
             return
         if content.get("subscribe") == "run":
-            run_id = content.get("id")
-            if not isinstance(run_id, int) or not await self._may_view_run(run_id):
-                await self.send_json(
-                    {"type": "error", "message": f"run {run_id} not found", "id": run_id}
-                )
-                return
-            await self._join(events.run_group(run_id))
-            await self.send_json({"type": "subscribed", "run": run_id})
+            await self._subscribe_run(content.get("id"))
         elif content.get("unsubscribe") == "run":
-            group = events.run_group(content.get("id"))
-            if group in self.groups_joined:
+            run_id = content.get("id")
+            if run_id in self.runs:
+                group = events.run_group(run_id)
                 await self.channel_layer.group_discard(group, self.channel_name)
                 self.groups_joined.discard(group)
+                self.runs.discard(run_id)
         else:
             await self.send_json({"type": "error", "message": "unknown message"})
+
+    async def _subscribe_run(self, run_id) -> None:
+        # bool is an int in Python: refuse it explicitly.
+        if not isinstance(run_id, int) or isinstance(run_id, bool):
+            await self.send_json({"type": "error", "message": "id must be a run id", "id": run_id})
+            return
+        if run_id not in self.runs and len(self.runs) >= MAX_RUN_SUBSCRIPTIONS:
+            await self.send_json(
+                {"type": "error", "message": "too many run subscriptions", "id": run_id}
+            )
+            return
+        pipeline_id = await self._visible_run_pipeline(run_id)
+        if pipeline_id is None:
+            await self.send_json(
+                {"type": "error", "message": f"run {run_id} not found", "id": run_id}
+            )
+            return
+        # Status events travel in the pipeline's group, log lines in the run's. A pipeline
+        # created (or granted) since connect is joined now: the permission was just checked.
+        if pipeline_id not in self.pipeline_ids:
+            self.pipeline_ids.add(pipeline_id)
+            await self._join(events.pipeline_group(pipeline_id))
+        # Join first, then read the sequence: whatever happens in between arrives as an
+        # event or is counted in `seq`, so the client can detect what it missed.
+        await self._join(events.run_group(run_id))
+        self.runs.add(run_id)
+        seq = await self._run_seq(run_id)
+        await self.send_json({"type": "subscribed", "run": run_id, "seq": seq})
 
     async def clearway_event(self, message):
         await self.send_json(message["event"])
@@ -66,8 +94,18 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         return set(permissions.pipelines(user).values_list("pk", flat=True))
 
     @database_sync_to_async
-    def _may_view_run(self, run_id: int) -> bool:
+    def _visible_run_pipeline(self, run_id: int) -> int | None:
         from orchestrator.models import Run
 
         user = self.scope["user"]
-        return permissions.restrict(Run.objects.filter(pk=run_id), user).exists()
+        return (
+            permissions.restrict(Run.objects.filter(pk=run_id), user)
+            .values_list("pipeline_id", flat=True)
+            .first()
+        )
+
+    @database_sync_to_async
+    def _run_seq(self, run_id: int) -> int:
+        from orchestrator.models import Run
+
+        return Run.objects.filter(pk=run_id).values_list("event_seq", flat=True).first() or 0

@@ -1,21 +1,868 @@
-"""Pages people use all day. Views are short: load with a permission check, act, render."""
+"""Pages people use all day. Views are short: load with a permission check, act, render.
+
+Every query goes through governance.permissions (restrict / can / pipelines); what a user may
+not see is a 404, what they may see but not do is a 403. htmx requests get the page's named
+partial (django-template-partials) instead of the whole page.
+
+Query counts are pinned by tests at small and large data sizes: list pages compute per-row
+facts (last run, current stage, "may I approve this?") as subqueries of the page's own query,
+never one query per row.
+"""
 
 from __future__ import annotations
 
+import difflib
+from datetime import timedelta
+
 from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Subquery, Window
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework.authtoken.models import Token
 
 from governance import audit
-from governance.permissions import pipelines
+from governance import gates as gate_rules
+from governance.gates import BLOCKING_RESULTS
+from governance.models import (
+    Approval,
+    ApprovalDecision,
+    ApprovalRule,
+    Enforcement,
+    Environment,
+    Gate,
+    GateStatus,
+    Override,
+    PolicyDecision,
+    Tier,
+)
+from governance.permissions import can, pipelines, restrict
+from orchestrator import actions
+from orchestrator.models import (
+    RUN_TERMINAL,
+    LogChunk,
+    Pipeline,
+    Run,
+    RunStatus,
+    StageRun,
+    StageStatus,
+    StepRun,
+    Team,
+)
+from orchestrator.spec import ParameterError, SpecError
+
+from . import metrics
+from .context_processors import Navigation
+from .forms import (
+    OVERRIDE_MIN_JUSTIFICATION,
+    GateDecisionForm,
+    OverrideForm,
+    PipelineForm,
+    TriggerForm,
+)
+
+ACTIVE_RUN = [RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING]
+ACTIVE_STAGE = [StageStatus.RUNNING, StageStatus.QUEUED, StageStatus.WAITING]
+TIER_RANK = {Tier.DEVELOPMENT: 0, Tier.STAGING: 1, Tier.PRODUCTION: 2}
+RUNS_PER_PAGE = 25
+INITIAL_LOG_LINES = 1000  # per step, rendered with the page; live.js fetches the rest
+NEW_PIPELINE_TEMPLATE = """\
+name: My service
+description: Build, test and deploy my service.
+parameters:
+  - name: version
+    description: Release version, e.g. 1.0.0
+    required: true
+stages:
+  - name: build
+    steps:
+      - name: compile
+        run: echo "building $CLEARWAY_PARAM_VERSION"
+  - name: test
+    needs: [build]
+    steps:
+      - name: unit-tests
+        run: echo "all tests passed"
+"""
+
+
+def _may(user, action: str, model) -> Exists:
+    """May `user` do `action` on the outer row? The decision of governance.permissions.can(),
+    evaluated as a subquery of the page's own query (one query for a whole list)."""
+    return Exists(restrict(model.objects.all(), user, action).filter(pk=OuterRef("pk")))
+
+
+def _partial(request, template: str, name: str) -> str:
+    """The named partial for htmx requests that ask for it, else the whole page."""
+    if request.htmx and request.GET.get("partial") == name:
+        return f"{template}#{name}"
+    return template
+
+
+def stage_columns(stages, name=lambda s: s["name"], needs=lambda s: s["needs"]) -> list[list]:
+    """Stages in columns by dependency depth (a stage sits one column right of the deepest
+    stage it needs); document order within a column."""
+    by_name = {name(s): s for s in stages}
+    depth: dict[str, int] = {}
+
+    def depth_of(stage_name: str, path: tuple = ()) -> int:
+        if stage_name not in depth:
+            if stage_name in path:  # a cycle: parse_pipeline refuses them; never loop
+                return 0
+            parents = [n for n in needs(by_name[stage_name]) if n in by_name]
+            depth[stage_name] = max(
+                (depth_of(n, (*path, stage_name)) + 1 for n in parents), default=0
+            )
+        return depth[stage_name]
+
+    columns: list[list] = []
+    for stage in stages:
+        d = depth_of(name(stage))
+        while len(columns) <= d:
+            columns.append([])
+        columns[d].append(stage)
+    return columns
+
+
+# --- overview and wallboard -------------------------------------------------------------
+
+
+def _pipeline_rows(user):
+    last = Run.objects.filter(pipeline=OuterRef("pk")).order_by("-created_at", "-pk")
+    return (
+        pipelines(user)
+        .select_related("team", "current_version")
+        .annotate(
+            last_run_id=Subquery(last.values("pk")[:1]),
+            last_run_number=Subquery(last.values("number")[:1]),
+            last_run_status=Subquery(last.values("status")[:1]),
+            last_run_at=Subquery(last.values("created_at")[:1]),
+        )
+        .order_by("name")
+    )
+
+
+def _environment_status(user, rows) -> tuple[list, dict]:
+    """Per pipeline and environment, the newest stage run that got somewhere (not pending,
+    not skipped): one query. Returns the environment columns and {pipeline id: {env: stage}}."""
+    latest = (
+        StageRun.objects.filter(run__pipeline__in=pipelines(user), environment__isnull=False)
+        .exclude(status__in=[StageStatus.PENDING, StageStatus.SKIPPED])
+        .values("run__pipeline", "environment")
+        .annotate(last=Max("pk"))
+        .values("last")
+    )
+    stages = StageRun.objects.filter(pk__in=Subquery(latest)).select_related("environment", "run")
+    by_pipeline: dict[int, dict[str, StageRun]] = {}
+    envs = {}
+    for stage in stages:
+        envs[stage.environment.name] = stage.environment
+        by_pipeline.setdefault(stage.run.pipeline_id, {})[stage.environment.name] = stage
+    columns = sorted(envs.values(), key=lambda e: (TIER_RANK.get(e.tier, 9), e.name))
+    for row in rows:
+        statuses = by_pipeline.get(row.pk, {})
+        row.environments = [statuses.get(env.name) for env in columns]
+    return columns, by_pipeline
+
+
+def overview_state(user) -> dict:
+    """What the overview and the wallboard show: pipelines with their last run and last
+    status per environment, what runs now, what waits for this user, recent failures."""
+    rows = list(_pipeline_rows(user))
+    environments, _ = _environment_status(user, rows)
+    active_stage = StageRun.objects.filter(run=OuterRef("pk"), status__in=ACTIVE_STAGE).order_by(
+        "position"
+    )
+    running = (
+        restrict(Run.objects.filter(status__in=ACTIVE_RUN), user)
+        .select_related("pipeline", "triggered_by")
+        .annotate(
+            current_stage=Subquery(active_stage.values("name")[:1]),
+            current_stage_status=Subquery(active_stage.values("status")[:1]),
+        )
+        .order_by("created_at", "pk")[:20]
+    )
+    # The oldest waiting gates, and (a window count over the same rows) how many there are
+    # in all: the navigation badge reuses that count instead of counting again.
+    waiting = list(
+        _waiting_for(user)
+        .select_related(
+            "environment",
+            "stage_run__run__pipeline",
+            "stage_run__run__triggered_by",
+            "stage_run__run__version",
+        )
+        .annotate(waiting_total=Window(Count("pk")))
+        .order_by("created_at", "pk")[:10]
+    )
+    failures = (
+        restrict(
+            Run.objects.filter(
+                status__in=[RunStatus.FAILED, RunStatus.BLOCKED],
+                finished_at__gte=timezone.now() - timedelta(days=7),
+            ),
+            user,
+        )
+        .select_related("pipeline", "triggered_by")
+        .order_by("-finished_at", "-pk")[:8]
+    )
+    return {
+        "pipeline_rows": rows,
+        "environments": environments,
+        "running": list(running),
+        "waiting": waiting,
+        "failures": list(failures),
+        "nav": Navigation(user, inbox_count=waiting[0].waiting_total if waiting else 0),
+    }
 
 
 @login_required
 def overview(request):
-    visible = pipelines(request.user).select_related("team")
-    return render(request, "dashboard/overview.html", {"pipelines": visible})
+    days = metrics.period_days(request.GET.get("days"))
+    part = request.GET.get("partial") if request.htmx else None
+    context = {"days": days, "periods": metrics.PERIODS}
+    if part != "metrics":
+        context.update(overview_state(request.user))
+    if part != "live":
+        context["metrics"] = metrics.compute(request.user, days)
+    template = "dashboard/overview.html"
+    if part in ("live", "metrics"):
+        template += f"#{part}"
+    return render(request, template, context)
+
+
+@login_required
+def board(request):
+    template = _partial(request, "dashboard/board.html", "board-live")
+    return render(request, template, overview_state(request.user))
+
+
+# --- pipelines --------------------------------------------------------------------------
+
+
+def _creatable_teams(user):
+    """Teams the user may create pipelines for: superusers any; otherwise the add_pipeline
+    permission and membership of the team's group."""
+    if not user.is_authenticated:
+        return Team.objects.none()
+    if user.is_superuser:
+        return Team.objects.all()
+    if not user.has_perm("orchestrator.add_pipeline"):
+        return Team.objects.none()
+    return Team.objects.filter(group__in=user.groups.all())
+
+
+@login_required
+def pipeline_list(request):
+    rows = list(_pipeline_rows(request.user))
+    environments, _ = _environment_status(request.user, rows)
+    return render(
+        request,
+        "dashboard/pipelines.html",
+        {
+            "pipeline_rows": rows,
+            "environments": environments,
+            "may_create": _creatable_teams(request.user).exists(),
+        },
+    )
+
+
+def _pipeline_or_404(request, slug: str) -> Pipeline:
+    qs = (
+        pipelines(request.user)
+        .select_related("team", "current_version__author")
+        .annotate(
+            may_run=_may(request.user, "run", Pipeline),
+            may_change=_may(request.user, "change", Pipeline),
+        )
+    )
+    return get_object_or_404(qs, slug=slug)
+
+
+@login_required
+def pipeline_detail(request, slug: str):
+    pipeline = _pipeline_or_404(request, slug)
+    return _render_pipeline(request, pipeline)
+
+
+def _render_pipeline(request, pipeline: Pipeline, form: TriggerForm | None = None):
+    version = pipeline.current_version
+    spec = version.spec if version else {"stages": [], "parameters": []}
+    if form is None and pipeline.may_run and version is not None:
+        form = TriggerForm(spec.get("parameters") or [])
+    status = request.GET.get("status", "")
+    if status not in RunStatus.values:
+        status = ""
+    runs = (
+        Run.objects.filter(pipeline=pipeline)
+        .select_related("version", "triggered_by")
+        .annotate(overridden=Exists(Override.objects.filter(gate__stage_run__run=OuterRef("pk"))))
+        .order_by("-created_at", "-pk")
+    )
+    if status:
+        runs = runs.filter(status=status)
+    page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    env_names = {s.get("environment") for s in spec["stages"] if s.get("environment")}
+    protected = (
+        set(
+            Environment.objects.filter(name__in=env_names, protected=True).values_list(
+                "name", flat=True
+            )
+        )
+        if env_names
+        else set()
+    )
+    return render(
+        request,
+        "dashboard/pipeline.html",
+        {
+            "pipeline": pipeline,
+            "version": version,
+            "spec": spec,
+            "columns": stage_columns(spec["stages"]),
+            "protected": protected,
+            "form": form,
+            "page": page,
+            "status": status,
+            "statuses": RunStatus.values,
+        },
+    )
+
+
+@login_required
+@require_POST
+def pipeline_trigger(request, slug: str):
+    pipeline = _pipeline_or_404(request, slug)
+    if not pipeline.may_run:
+        raise PermissionDenied("you may not run this pipeline")
+    version = pipeline.current_version
+    if version is None:
+        raise Http404("the pipeline has no definition yet")
+    form = TriggerForm(version.spec.get("parameters") or [], request.POST)
+    if form.is_valid():
+        try:
+            run = actions.trigger_run(
+                pipeline, actor=request.user, parameters=form.parameters_to_send()
+            )
+        except ParameterError as exc:
+            for error in exc.errors:
+                field = error["parameter"] if error["parameter"] in form.fields else None
+                form.add_error(field, error["message"])
+        except actions.ActionError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Run #{run.number} of {pipeline.name} started.")
+            return redirect("dashboard:run", run_id=run.pk)
+    return _render_pipeline(request, pipeline, form)
+
+
+def _editor_context(form, spec_errors: list[dict]) -> dict:
+    text = form["definition"].value() or ""
+    error_lines = {e["line"] for e in spec_errors if e.get("line")}
+    return {
+        "form": form,
+        "spec_errors": spec_errors,
+        "error_lines": error_lines,
+        "line_numbers": range(1, text.count("\n") + 2),
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def pipeline_new(request):
+    teams = _creatable_teams(request.user)
+    if not teams.exists():
+        raise PermissionDenied("you may not create pipelines (or you belong to no team)")
+    form = PipelineForm(
+        request.POST or None, teams=teams, initial={"definition": NEW_PIPELINE_TEMPLATE}
+    )
+    if len(form.fields["team"].queryset) == 1:
+        form.fields["team"].initial = form.fields["team"].queryset[0]
+    spec_errors: list[dict] = []
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            pipeline = actions.create_pipeline(
+                actor=request.user,
+                slug=data["slug"],
+                definition=data["definition"],
+                team=data["team"],
+            )
+        except SpecError as exc:
+            spec_errors = exc.errors
+        except actions.ActionError as exc:
+            form.add_error("slug", str(exc))
+        else:
+            messages.success(request, f"Pipeline {pipeline.name} created (version 1).")
+            return redirect("dashboard:pipeline", slug=pipeline.slug)
+    context = _editor_context(form, spec_errors)
+    context["creating"] = True
+    return render(request, "dashboard/pipeline_form.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def pipeline_edit(request, slug: str):
+    pipeline = _pipeline_or_404(request, slug)
+    if not pipeline.may_change:
+        raise PermissionDenied("you may not change this pipeline")
+    current = pipeline.current_version
+    form = PipelineForm(
+        request.POST or None,
+        editing=True,
+        initial={"definition": current.definition if current else ""},
+    )
+    spec_errors: list[dict] = []
+    if request.method == "POST" and form.is_valid():
+        try:
+            version = actions.update_pipeline(
+                pipeline, actor=request.user, definition=form.cleaned_data["definition"]
+            )
+        except SpecError as exc:
+            spec_errors = exc.errors
+        else:
+            if current is not None and version.pk == current.pk:
+                messages.info(request, "No changes: the definition is the same as before.")
+            else:
+                messages.success(request, f"Saved as version {version.number}.")
+            return redirect("dashboard:pipeline", slug=pipeline.slug)
+    context = _editor_context(form, spec_errors)
+    context.update(pipeline=pipeline, creating=False)
+    return render(request, "dashboard/pipeline_form.html", context)
+
+
+@login_required
+def pipeline_versions(request, slug: str):
+    pipeline = _pipeline_or_404(request, slug)
+    versions = pipeline.versions.select_related("author").order_by("-number")
+    page = Paginator(versions, 50).get_page(request.GET.get("page"))
+    shown = None
+    if request.GET.get("v", "").isdigit():
+        shown = get_object_or_404(pipeline.versions, number=int(request.GET["v"]))
+    return render(
+        request,
+        "dashboard/versions.html",
+        {"pipeline": pipeline, "page": page, "shown": shown},
+    )
+
+
+def diff_lines(old: str, new: str, old_label: str, new_label: str) -> list[tuple[str, str]]:
+    """A unified diff as (css class, line) pairs for the .diff view."""
+    out = []
+    diff = difflib.unified_diff(
+        old.splitlines(), new.splitlines(), fromfile=old_label, tofile=new_label, lineterm=""
+    )
+    for line in diff:
+        if line.startswith(("---", "+++")):
+            kind = "diff-header"
+        elif line.startswith("@@"):
+            kind = "diff-hunk"
+        elif line.startswith("+"):
+            kind = "diff-add"
+        elif line.startswith("-"):
+            kind = "diff-del"
+        else:
+            kind = "diff-ctx"
+        out.append((kind, line))
+    return out
+
+
+def _version_number(value, fallback: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return fallback
+
+
+@login_required
+def pipeline_diff(request, slug: str):
+    pipeline = _pipeline_or_404(request, slug)
+    latest = pipeline.current_version.number if pipeline.current_version else 1
+    to_number = _version_number(request.GET.get("to"), latest)
+    from_number = _version_number(request.GET.get("from"), max(1, to_number - 1))
+    found = {
+        v.number: v
+        for v in pipeline.versions.filter(number__in=[from_number, to_number]).select_related(
+            "author"
+        )
+    }
+    if from_number not in found or to_number not in found:
+        raise Http404("no such version")
+    old, new = found[from_number], found[to_number]
+    lines = diff_lines(
+        old.definition, new.definition, f"version {old.number}", f"version {new.number}"
+    )
+    return render(
+        request,
+        "dashboard/diff.html",
+        {
+            "pipeline": pipeline,
+            "old": old,
+            "new": new,
+            "lines": lines,
+            "numbers": list(pipeline.versions.order_by("-number").values_list("number", flat=True)),
+        },
+    )
+
+
+# --- runs -------------------------------------------------------------------------------
+
+
+def _run_or_404(request, run_id: int) -> Run:
+    qs = (
+        restrict(Run.objects.all(), request.user)
+        .select_related(
+            "pipeline__team", "pipeline__current_version__author", "version", "triggered_by"
+        )
+        .annotate(
+            may_run=Exists(
+                restrict(Pipeline.objects.all(), request.user, "run").filter(
+                    pk=OuterRef("pipeline")
+                )
+            )
+        )
+    )
+    return get_object_or_404(qs, pk=run_id)
+
+
+def _log_line_parts(line: str) -> dict:
+    """Split the executor's line prefix ("<UTC timestamp> [stderr] ") from the text."""
+    stamp, _, rest = line.partition(" ")
+    if len(stamp) >= 20 and stamp[:4].isdigit() and stamp.endswith("Z") and "T" in stamp:
+        stderr = rest.startswith("[stderr] ")
+        return {"time": stamp, "text": rest[9:] if stderr else rest, "stderr": stderr}
+    return {"time": "", "text": line, "stderr": False}
+
+
+def _initial_logs(run: Run) -> dict[int, list[dict]]:
+    """The first lines of every step's log, in one query."""
+    logs: dict[int, list[dict]] = {}
+    chunks = (
+        LogChunk.objects.filter(step__stage__run=run, offset__lt=INITIAL_LOG_LINES)
+        .order_by("step", "offset")
+        .values_list("step_id", "offset", "text")
+    )
+    for step_id, offset, text in chunks:
+        lines = logs.setdefault(step_id, [])
+        if offset != len(lines):  # offsets are dense; never show lines out of place
+            continue
+        for line in text.split("\n"):
+            lines.append(_log_line_parts(line))
+    return logs
+
+
+def _stages_with_steps(run: Run) -> list[StageRun]:
+    """Stages and their steps in one query (every stage has at least one step)."""
+    stages: dict[int, StageRun] = {}
+    steps = (
+        StepRun.objects.filter(stage__run=run)
+        .select_related("stage__environment")
+        .order_by("stage__position", "position")
+    )
+    for step in steps:
+        stage = stages.setdefault(step.stage_id, step.stage)
+        if not hasattr(stage, "step_list"):
+            stage.step_list = []
+        stage.step_list.append(step)
+    return list(stages.values())
+
+
+def gate_panel_context(user, run: Run) -> dict:
+    """Everything the gate panel shows, in at most five queries: the run's gates (with "may
+    this user approve / override" as subqueries), their current policy decisions, approvals
+    and overrides, and the approval rules with the members of each rule's group. Approvals
+    are attributed to rules and separation of duties is decided by governance.gates, the
+    same functions the gate verbs use."""
+    gates = list(
+        Gate.objects.filter(stage_run__run=run)
+        .select_related("environment", "stage_run")
+        .annotate(
+            may_approve=_may(user, "approve", Gate), may_override=_may(user, "override", Gate)
+        )
+        .prefetch_related(
+            Prefetch(
+                "decisions",
+                PolicyDecision.objects.filter(current=True)
+                .select_related("policy_version__policy")
+                .order_by("policy_version__policy__name"),
+                to_attr="current_decisions",
+            ),
+            Prefetch("approvals", Approval.objects.select_related("user"), to_attr="all_approvals"),
+            Prefetch("overrides", Override.objects.select_related("user"), to_attr="all_overrides"),
+        )
+        .order_by("created_at", "pk")
+    )
+    if not gates:
+        return {"gates": [], "active_gate": None}
+    User = get_user_model()
+    rules_by_env: dict[int, dict[int, dict]] = {}
+    rows = (
+        ApprovalRule.objects.filter(environment__in={g.environment_id for g in gates})
+        .values(
+            "environment_id",
+            "group_id",
+            "group__name",
+            "required_count",
+            "group__user__id",
+            "group__user__username",
+            "group__user__email",
+            "group__user__is_active",
+        )
+        .order_by("environment_id", "group__name", "group__user__username")
+    )
+    for row in rows:
+        rule = rules_by_env.setdefault(row["environment_id"], {}).setdefault(
+            row["group_id"],
+            {"group": row["group__name"], "required": row["required_count"], "members": []},
+        )
+        if row["group__user__id"] and row["group__user__is_active"]:
+            member = User(
+                pk=row["group__user__id"],
+                username=row["group__user__username"],
+                email=row["group__user__email"] or "",
+            )
+            why = gate_rules.sod_violation(run, member)
+            rule["members"].append(
+                {"username": member.username, "excluded": _sod_reason(why) if why else ""}
+            )
+    for gate in gates:
+        _decorate_gate(gate, user, list(rules_by_env.get(gate.environment_id, {}).values()))
+    active = next((g for g in gates if g.status == GateStatus.WAITING), None)
+    return {"gates": gates, "active_gate": active, "override_min": OVERRIDE_MIN_JUSTIFICATION}
+
+
+def _sod_reason(message: str) -> str:
+    """ "separation of duties: sam triggered this run and may not approve it" -> "triggered
+    this run" (the name is shown next to it)."""
+    text = message.split(": ", 1)[-1]
+    parts = text.split(" ", 1)
+    text = parts[1] if len(parts) == 2 else text
+    return text.removesuffix(" and may not approve it")
+
+
+def _decorate_gate(gate: Gate, user, rules: list[dict]) -> None:
+    live = [a for a in gate.all_approvals if not a.void]
+    approving = [a for a in live if a.decision == ApprovalDecision.APPROVE]
+    matched = gate_rules.match_approvals(
+        [(r["group"], r["required"]) for r in rules], [(a.pk, a.groups or []) for a in approving]
+    )
+    gate.rules = []
+    for rule in rules:
+        given = sum(1 for a in approving if matched.get(a.pk) == rule["group"])
+        gate.rules.append(
+            {
+                **rule,
+                "given": given,
+                "missing": max(0, rule["required"] - given),
+                "satisfied": given >= rule["required"],
+            }
+        )
+    for approval in gate.all_approvals:
+        approval.counted_for = matched.get(approval.pk) or ""
+    gate.my_decision = next((a for a in live if a.user_id == user.pk), None)
+    gate.denials = [d for d in gate.current_decisions if d.result in BLOCKING_RESULTS]
+    gate.soft_denials = [d for d in gate.denials if d.enforcement == Enforcement.SOFT_MANDATORY]
+    overridden = {
+        (p.get("policy"), p.get("version")) for o in gate.all_overrides for p in o.policies
+    }
+    gate.open_soft_denials = [
+        d
+        for d in gate.soft_denials
+        if (d.policy_version.policy.name, d.policy_version.number) not in overridden
+    ]
+    waiting = gate.status == GateStatus.WAITING
+    gate.can_decide = waiting and gate.may_approve and gate.my_decision is None
+    gate.can_override = waiting and gate.may_override and bool(gate.open_soft_denials)
+
+
+@login_required
+def run_detail(request, run_id: int):
+    run = _run_or_404(request, run_id)
+    stages = _stages_with_steps(run)
+    logs = _initial_logs(run)
+    for stage in stages:
+        for step in stage.step_list:
+            step.initial_log = logs.get(step.pk, [])
+    context = {
+        "run": run,
+        "stages": stages,
+        "columns": stage_columns(stages, name=lambda s: s.name, needs=lambda s: s.needs),
+        "terminal": run.status in RUN_TERMINAL,
+        "parameters": sorted((run.parameters or {}).items()),
+        **gate_panel_context(request.user, run),
+    }
+    return render(request, "dashboard/run.html", context)
+
+
+@login_required
+def run_gate_panel(request, run_id: int):
+    """The gate panel alone (an htmx partial, re-fetched when a gate.updated event arrives)."""
+    run = _run_or_404(request, run_id)
+    context = {"run": run, **gate_panel_context(request.user, run)}
+    return render(request, "dashboard/run.html#gate-panel", context)
+
+
+def _gate_panel_response(request, run: Run, **extra):
+    if request.htmx:
+        context = {"run": run, **gate_panel_context(request.user, run), **extra}
+        return render(request, "dashboard/run.html#gate-panel", context)
+    # Without JavaScript: the result as a message on the run page.
+    if extra.get("gate_error"):
+        messages.error(request, extra["gate_error"])
+    elif extra.get("gate_notice"):
+        messages.success(request, extra["gate_notice"])
+    for form in (extra.get("decision_form"), extra.get("override_form")):
+        if form is not None and form.errors:
+            for errors in form.errors.values():
+                for error in errors:
+                    messages.error(request, error)
+    return redirect(reverse("dashboard:run", args=[run.pk]) + "#gate-panel")
+
+
+def _gate_actions():
+    """governance.actions, or None while it does not exist yet."""
+    try:
+        from governance import actions as gate_actions
+    except ImportError:
+        return None
+    return gate_actions
+
+
+def _refusals(gate_actions) -> tuple[type[Exception], ...]:
+    """GateRefused (who may not: permission, separation of duties) and its siblings for a
+    gate that cannot take the decision (already decided, justification too short): all of
+    them are a message for the person in the panel, never an error page."""
+    return (getattr(gate_actions, "GateError", gate_actions.GateRefused),)
+
+
+def _gate_for(request, run: Run, gate_id: int) -> Gate:
+    return get_object_or_404(
+        Gate.objects.filter(stage_run__run=run).select_related("environment"), pk=gate_id
+    )
+
+
+@login_required
+@require_POST
+def gate_decide(request, run_id: int, gate_id: int):
+    run = _run_or_404(request, run_id)
+    gate = _gate_for(request, run, gate_id)
+    if not can(request.user, "approve", gate):
+        raise PermissionDenied("you may not approve deployments to this environment")
+    form = GateDecisionForm(request.POST)
+    if not form.is_valid():
+        return _gate_panel_response(request, run, decision_form=form)
+    gate_actions = _gate_actions()
+    if gate_actions is None:
+        return _gate_panel_response(
+            request, run, gate_error="Approving is not available yet on this installation."
+        )
+    decision, comment = form.cleaned_data["decision"], form.cleaned_data["comment"].strip()
+    try:
+        if decision == "approve":
+            gate_actions.approve_gate(gate, actor=request.user, comment=comment)
+        else:
+            gate_actions.reject_gate(gate, actor=request.user, comment=comment)
+    except _refusals(gate_actions) as exc:
+        return _gate_panel_response(request, run, gate_error=str(exc), decision_form=form)
+    notice = "You approved." if decision == "approve" else "You rejected the deployment."
+    return _gate_panel_response(request, run, gate_notice=notice)
+
+
+@login_required
+@require_POST
+def gate_override(request, run_id: int, gate_id: int):
+    run = _run_or_404(request, run_id)
+    gate = _gate_for(request, run, gate_id)
+    if not can(request.user, "override", gate):
+        raise PermissionDenied("you may not override gates of this environment")
+    form = OverrideForm(request.POST)
+    if not form.is_valid():
+        return _gate_panel_response(request, run, override_form=form)
+    gate_actions = _gate_actions()
+    if gate_actions is None:
+        return _gate_panel_response(
+            request, run, gate_error="Overriding is not available yet on this installation."
+        )
+    try:
+        gate_actions.override_gate(
+            gate, actor=request.user, justification=form.cleaned_data["justification"].strip()
+        )
+    except _refusals(gate_actions) as exc:
+        return _gate_panel_response(request, run, gate_error=str(exc), override_form=form)
+    return _gate_panel_response(
+        request, run, gate_notice="Overridden. The override is flagged in every report."
+    )
+
+
+@login_required
+@require_POST
+def run_cancel(request, run_id: int):
+    run = _run_or_404(request, run_id)
+    if not run.may_run:
+        raise PermissionDenied("you may not cancel runs of this pipeline")
+    try:
+        actions.cancel_run(run, actor=request.user)
+    except actions.ActionError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Run #{run.number} canceled.")
+    return redirect("dashboard:run", run_id=run.pk)
+
+
+@login_required
+@require_POST
+def run_retry(request, run_id: int):
+    run = _run_or_404(request, run_id)
+    if not run.may_run:
+        raise PermissionDenied("you may not run this pipeline")
+    try:
+        new = actions.retry_run(run, actor=request.user)
+    except (actions.ActionError, ParameterError) as exc:
+        messages.error(request, str(exc))
+        return redirect("dashboard:run", run_id=run.pk)
+    messages.success(request, f"Run #{new.number} started (a retry of #{run.number}).")
+    return redirect("dashboard:run", run_id=new.pk)
+
+
+# --- approvals --------------------------------------------------------------------------
+
+
+def _waiting_for(user):
+    return restrict(Gate.objects.filter(status=GateStatus.WAITING), user, "approve")
+
+
+@login_required
+def approvals(request):
+    mine = Approval.objects.filter(gate=OuterRef("pk"), user=request.user, void=False)
+    gates = (
+        _waiting_for(request.user)
+        .select_related(
+            "environment",
+            "stage_run__run__pipeline",
+            "stage_run__run__version",
+            "stage_run__run__triggered_by",
+        )
+        .annotate(my_decision=Subquery(mine.values("decision")[:1]))
+        .order_by("created_at", "pk")
+    )
+    page = Paginator(gates, 50).get_page(request.GET.get("page"))
+    nav = Navigation(request.user, inbox_count=page.paginator.count)  # the badge's own count
+    return render(request, "dashboard/approvals.html", {"page": page, "nav": nav})
+
+
+@login_required
+def approvals_count(request):
+    """The navigation badge, re-fetched by live.js when a gate changes."""
+    return render(request, "base.html#inbox-badge")
+
+
+# --- account ----------------------------------------------------------------------------
 
 
 @login_required

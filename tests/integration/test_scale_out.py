@@ -23,6 +23,8 @@ from .conftest import _port_open, require, start_server, start_worker
 
 pytestmark = pytest.mark.integration
 
+EVENT_TYPES = {"run.updated", "stage.updated", "step.updated", "gate.updated", "log"}
+
 DEFINITION = """
 name: fan-out
 stages:
@@ -107,7 +109,7 @@ def _scenario(live_db, log_dir, broker_env: dict) -> None:
                 seen = []
                 while True:
                     event = json.loads(await asyncio.wait_for(ws.recv(), 60))
-                    if event.get("run") != run_id or "seq" not in event:
+                    if event.get("run") != run_id or event.get("type") not in EVENT_TYPES:
                         continue
                     seen.append(event)
                     if event["type"] == "run.updated" and event["data"]["status"] in (

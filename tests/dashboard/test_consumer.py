@@ -1,0 +1,190 @@
+"""The live-events websocket (/ws/events/) through the full ASGI application: who gets in,
+what they may subscribe to, and that events arrive in sequence order.
+
+Transactional tests: the consumer reads the database from another thread. Events are
+published through orchestrator.events bound to the test's own event loop, so they are
+delivered by the in-memory channel layer the tests run with. The tests are plain functions
+that run their scenario with asyncio.run (see `live`)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from orchestrator import events
+from orchestrator.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+def live(scenario):
+    """Run an async test scenario on a fresh loop, with orchestrator.events bound to it and a
+    clean in-memory channel layer before and after."""
+
+    @functools.wraps(scenario)
+    def test(*args, **kwargs):
+        async def main():
+            layer = get_channel_layer()
+            await layer.flush()
+            events.bind_loop(asyncio.get_running_loop())
+            try:
+                await scenario(*args, **kwargs)
+            finally:
+                events.sender.unbind()
+                await layer.flush()
+
+        asyncio.run(main())
+
+    return test
+
+
+async def connect(user=None, origin=ORIGIN):
+    headers = [origin] if origin else []
+    if user is not None:
+        headers.append((b"cookie", await database_sync_to_async(session_cookie)(user)))
+    communicator = WebsocketCommunicator(application, "/ws/events/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+def _publish_sequence(run):
+    """A stage update, three log batches and a run update, in one order."""
+    from orchestrator.models import Run, StageRun
+
+    run = Run.objects.get(pk=run.pk)
+    stage = StageRun.objects.filter(run=run).order_by("position").first()
+    step = stage.steps.first()
+    events.publish_stage(stage, run)
+    for offset in (0, 2, 4):
+        events.publish_log(step, run.pk, offset, [f"line {offset}", f"line {offset + 1}"])
+    events.publish_run(run)
+    return step.pk
+
+
+@live
+async def test_anonymous_is_refused():
+    communicator, connected, code = await connect(None)
+    assert not connected
+    assert code == 4401
+    await communicator.disconnect()
+
+
+@live
+async def test_a_foreign_origin_is_refused(developer):
+    communicator, connected, _ = await connect(
+        developer, origin=(b"origin", b"https://evil.example")
+    )
+    assert not connected
+    await communicator.disconnect()
+
+
+@live
+async def test_hello_lists_only_visible_pipelines(developer, outsider, pipeline):
+    communicator, connected, _ = await connect(developer)
+    assert connected
+    hello = await communicator.receive_json_from()
+    assert hello == {"type": "hello", "pipelines": [pipeline.pk]}
+    await communicator.disconnect()
+
+    communicator, connected, _ = await connect(outsider)
+    assert connected
+    assert (await communicator.receive_json_from())["pipelines"] == []
+    await communicator.disconnect()
+
+
+@live
+async def test_subscribing_to_an_invisible_run_is_refused(outsider, make_run):
+    run = await database_sync_to_async(make_run)()
+    communicator, connected, _ = await connect(outsider)
+    await communicator.receive_json_from()  # hello
+    await communicator.send_json_to({"subscribe": "run", "id": run.pk})
+    reply = await communicator.receive_json_from()
+    assert reply["type"] == "error" and reply["id"] == run.pk
+    # ... and nothing of the run reaches them.
+    await database_sync_to_async(_publish_sequence)(run)
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize("bad", ["7", True, None, 1.5, [1]])
+@live
+async def test_malformed_subscriptions_are_refused(developer, bad):
+    communicator, _, _ = await connect(developer)
+    await communicator.receive_json_from()
+    await communicator.send_json_to({"subscribe": "run", "id": bad})
+    assert (await communicator.receive_json_from())["type"] == "error"
+    await communicator.disconnect()
+
+
+@live
+async def test_events_arrive_in_sequence_order(developer, make_run):
+    run = await database_sync_to_async(make_run)()
+    communicator, _, _ = await connect(developer)
+    await communicator.receive_json_from()  # hello
+    await communicator.send_json_to({"subscribe": "run", "id": run.pk})
+    subscribed = await communicator.receive_json_from()
+    assert subscribed["type"] == "subscribed" and subscribed["run"] == run.pk
+    start = subscribed["seq"]
+
+    step_id = await database_sync_to_async(_publish_sequence)(run)
+    received = [await communicator.receive_json_from(timeout=2) for _ in range(5)]
+
+    assert [e["type"] for e in received] == [
+        "stage.updated",
+        "log",
+        "log",
+        "log",
+        "run.updated",
+    ]
+    assert [e["seq"] for e in received] == list(range(start + 1, start + 6))
+    assert all(e["run"] == run.pk for e in received)
+    logs = [e["data"] for e in received if e["type"] == "log"]
+    assert [(d["step"], d["offset"]) for d in logs] == [(step_id, 0), (step_id, 2), (step_id, 4)]
+    await communicator.disconnect()
+
+
+@live
+async def test_without_a_subscription_only_status_events_arrive(developer, make_run):
+    run = await database_sync_to_async(make_run)()
+    communicator, _, _ = await connect(developer)
+    await communicator.receive_json_from()
+    await database_sync_to_async(_publish_sequence)(run)
+    types = [(await communicator.receive_json_from(timeout=2))["type"] for _ in range(2)]
+    assert types == ["stage.updated", "run.updated"]  # no log lines without subscribing
+    assert await communicator.receive_nothing(timeout=0.2)
+    await communicator.disconnect()
+
+
+@live
+async def test_revoked_access_stops_on_reconnect(make_user, team, make_run):
+    """Permissions are decided on connect: a user removed from the team keeps nothing
+    once they reconnect."""
+    member = await database_sync_to_async(make_user)("tess", "developer", "team-payments")
+    run = await database_sync_to_async(make_run)()
+    communicator, _, _ = await connect(member)
+    assert (await communicator.receive_json_from())["pipelines"] == [run.pipeline_id]
+    await communicator.disconnect()
+
+    await database_sync_to_async(lambda: member.groups.remove(team.group))()
+    communicator, connected, _ = await connect(member)
+    assert connected
+    assert (await communicator.receive_json_from())["pipelines"] == []
+    await communicator.send_json_to({"subscribe": "run", "id": run.pk})
+    assert (await communicator.receive_json_from())["type"] == "error"
+    await database_sync_to_async(_publish_sequence)(run)
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
