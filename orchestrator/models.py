@@ -213,8 +213,8 @@ class Run(models.Model):
             if self.started_at is None:
                 self.started_at = now
                 fields.append("started_at")
-        if reason:
-            self.reason = reason
+        if reason or status in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
+            self.reason = reason  # a stale "waits at its gate" must not outlive the wait
             fields.append("reason")
         self.save(update_fields=fields)
 
@@ -267,7 +267,7 @@ class StageRun(models.Model):
         if status in STAGE_TERMINAL:
             self.finished_at = now
             fields.append("finished_at")
-        if reason:
+        if reason or status in (StageStatus.QUEUED, StageStatus.RUNNING, StageStatus.SUCCEEDED):
             self.reason = reason
             fields.append("reason")
         self.save(update_fields=fields)
