@@ -161,7 +161,8 @@ def update_pipeline(
     parsed = spec.parse_pipeline(definition, environments=_known_environments())
     now = now or timezone.now()
     with transaction.atomic():
-        pipeline = Pipeline.objects.select_for_update().get(pk=pipeline.pk)
+        # NO KEY: see trigger_run.
+        pipeline = Pipeline.objects.select_for_update(no_key=True).get(pk=pipeline.pk)
         current = pipeline.current_version
         if current is not None and current.definition == definition:
             return current
@@ -238,7 +239,11 @@ def trigger_run(
     params = spec.validate_parameters(version.spec, parameters or {})
     envs = {e.name: e for e in Environment.objects.all()}
     with transaction.atomic():
-        locked = Pipeline.objects.select_for_update().get(pk=pipeline.pk)
+        # FOR NO KEY UPDATE, not FOR UPDATE: a worker's commit takes FOR KEY SHARE on this
+        # row (PostgreSQL re-checks a run's pipeline foreign key when the run row was updated
+        # twice in one transaction) while it holds the audit chain head we want next — with
+        # FOR UPDATE that is a deadlock.
+        locked = Pipeline.objects.select_for_update(no_key=True).get(pk=pipeline.pk)
         number = locked.next_run_number
         locked.next_run_number = number + 1
         locked.save(update_fields=["next_run_number"])
@@ -270,29 +275,33 @@ def trigger_run(
 
 
 def _create_stages(run: Run, parsed: dict, envs: dict) -> None:
-    steps = []
+    stages = []
     for position, stage_spec in enumerate(parsed["stages"]):
         env_name = stage_spec.get("environment")
         if env_name and env_name not in envs:
             raise ActionError(f'stage {stage_spec["name"]}: environment "{env_name}" is gone')
-        stage = StageRun.objects.create(
-            run=run,
-            name=stage_spec["name"],
-            position=position,
-            needs=list(stage_spec.get("needs") or []),
-            environment=envs.get(env_name),
-        )
-        for step_position, step_spec in enumerate(stage_spec["steps"]):
-            steps.append(
-                StepRun(
-                    stage=stage,
-                    name=step_spec["name"],
-                    position=step_position,
-                    kind=step_spec["type"],
-                    config=step_spec,
-                    max_attempts=1 + int(step_spec.get("retries") or 0),
-                )
+        stages.append(
+            StageRun(
+                run=run,
+                name=stage_spec["name"],
+                position=position,
+                needs=list(stage_spec.get("needs") or []),
+                environment=envs.get(env_name),
             )
+        )
+    StageRun.objects.bulk_create(stages)  # one INSERT; the ids come back (PostgreSQL, SQLite)
+    steps = [
+        StepRun(
+            stage=stage,
+            name=step_spec["name"],
+            position=step_position,
+            kind=step_spec["type"],
+            config=step_spec,
+            max_attempts=1 + int(step_spec.get("retries") or 0),
+        )
+        for stage, stage_spec in zip(stages, parsed["stages"], strict=True)
+        for step_position, step_spec in enumerate(stage_spec["steps"])
+    ]
     StepRun.objects.bulk_create(steps)
 
 
@@ -368,9 +377,13 @@ def claim_step(step_id: int, attempt: int, *, worker: str) -> StepRun | None:
     if claimed != 1:
         return None
     with transaction.atomic():
-        step = StepRun.objects.select_related("stage__run").get(pk=step_id)
+        step = StepRun.objects.select_related("stage__run__pipeline").get(pk=step_id)
         run = Run.objects.select_for_update().get(pk=step.stage.run_id)
+        # Hand the locked rows their relations: audit names (str()), events and the
+        # executor's environment read them, each read otherwise one more query.
+        run.pipeline = step.stage.run.pipeline
         stage = StageRun.objects.select_for_update().get(pk=step.stage_id)
+        stage.run = step.stage.run = run
         if stage.status == StageStatus.QUEUED:
             stage.set_status(StageStatus.RUNNING, now=now)
             audit.record(None, "stage.running", stage, at=now, run=run.pk)
@@ -380,7 +393,6 @@ def claim_step(step_id: int, attempt: int, *, worker: str) -> StepRun | None:
             events.publish_run(run)
         audit.record(None, "step.start", step, at=now, run=run.pk, attempt=attempt, worker=worker)
         events.publish_step(step, run)
-    step.stage.run = run
     return step
 
 
@@ -398,11 +410,14 @@ def finish_step(
     reaped) — the first word wins."""
     now = now or timezone.now()
     with transaction.atomic():
-        step = StepRun.objects.filter(pk=step_id).select_related("stage").first()
-        if step is None:
+        seen = StepRun.objects.filter(pk=step_id).select_related("stage__run__pipeline").first()
+        if seen is None:
             return None
-        run = Run.objects.select_for_update().get(pk=step.stage.run_id)
+        run = Run.objects.select_for_update().get(pk=seen.stage.run_id)
+        run.pipeline = seen.stage.run.pipeline  # as in claim_step: no lazy reads
         step = StepRun.objects.select_for_update().get(pk=step_id)
+        step.stage = seen.stage  # read before the lock; only its name is used
+        step.stage.run = run
         if step.status != StepStatus.RUNNING or step.attempt != attempt:
             if not run.is_terminal:
                 _advance_locked(run, now)

@@ -3,8 +3,11 @@ governance.permissions.restrict; objects a user may not see are 404."""
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
@@ -154,9 +157,14 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
         if params.get("pipeline"):
             qs = qs.filter(pipeline__slug=params["pipeline"])
         if params.get("since"):
-            since = parse_datetime(params["since"])
+            try:
+                since = parse_datetime(params["since"])
+            except ValueError:  # well-formed but impossible, e.g. month 13
+                since = None
             if since is None:
                 raise ValidationError({"since": ["use an ISO 8601 date-time"]})
+            if timezone.is_naive(since):  # "2025-01-31" or no offset: UTC
+                since = timezone.make_aware(since, UTC)
             qs = qs.filter(created_at__gte=since)
         if self.action == "retrieve":
             steps = StepRun.objects.order_by("position")

@@ -108,6 +108,10 @@ class LogWriter:
         lines, self.buffer = self.buffer, []
         offset = self.offset
         with transaction.atomic():
+            # The run row first (the event's sequence number), then the step's: the order of
+            # cancel_run and finish_step. The other way round, a flush during a cancel
+            # deadlocks on PostgreSQL.
+            events.publish_log(self.step, self.run_id, offset, lines)
             LogChunk.objects.create(
                 step=self.step, offset=offset, line_count=len(lines), text="\n".join(lines)
             )
@@ -116,7 +120,6 @@ class LogWriter:
                 log_bytes=self.bytes,
                 log_truncated=self.truncated,
             )
-            events.publish_log(self.step, self.run_id, offset, lines)
         self.offset += len(lines)
 
 
@@ -174,10 +177,10 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
     env["CLEARWAY_WORKSPACE"] = str(workspace)
     timeout = float(step.config.get("timeout") or 600)
     log.add(f"$ {step.config['run']}" if "\n" not in step.config["run"] else "$ <script>")
-    proc = subprocess.Popen(  # noqa: S602 — a shell command is the feature; see module doc
-        step.config["run"],
-        shell=True,
-        executable="/bin/sh",
+    # Running a shell command is the feature; parameters reach it only as environment
+    # variables (see the module docstring), never spliced into the text.
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", step.config["run"]],
         cwd=workspace,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -205,8 +208,18 @@ def _supervise(proc: subprocess.Popen, step: StepRun, log: LogWriter, timeout: f
     beat_every = min(cfg["HEARTBEAT_SECONDS"], 1.0)  # also how quickly cancel is noticed
     open_streams = 2
     stop_reason = ""
-    while open_streams:
-        for key, _ in sel.select(timeout=0.1):
+    # Until the output is closed AND the shell has exited: a command that closed its output
+    # (`exec >/dev/null`, a daemon) is still bound by the timeout and by cancel.
+    while open_streams or proc.poll() is None:
+        if open_streams:
+            ready = sel.select(timeout=0.1)
+        else:  # output closed, process still running: wait for it a little (returns on exit)
+            ready = []
+            try:
+                proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        for key, _ in ready:
             chunk = os.read(key.fileobj.fileno(), 65536)
             stream = key.data
             if not chunk:
@@ -243,6 +256,11 @@ def _supervise(proc: subprocess.Popen, step: StepRun, log: LogWriter, timeout: f
             pass
         stream_file.close()
     code = proc.wait()
+    # Whatever the step left running in its process group (`server &`) ends with the step.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     if stop_reason:
         log.add(f"[clearway] step stopped: {stop_reason}")
         return Result(False, code, stop_reason)
@@ -260,19 +278,41 @@ def run_http(step: StepRun, run, stage, log: LogWriter) -> Result:
     expect = cfg.get("expect") or [200]
     log.add(f"{method} {cfg['url']}")
     started = time.monotonic()
-    try:
-        response = httpx.request(
-            method,
-            cfg["url"],
-            headers=cfg.get("headers") or {},
-            content=cfg.get("body"),
-            timeout=timeout,
-            follow_redirects=False,
-        )
-    except httpx.TimeoutException:
+    box: dict = {}
+
+    def call() -> None:
+        try:
+            box["response"] = httpx.request(
+                method,
+                cfg["url"],
+                headers=cfg.get("headers") or {},
+                content=cfg.get("body"),
+                timeout=timeout,
+                follow_redirects=False,
+            )
+        except Exception as exc:
+            box["error"] = exc
+
+    # The request runs in a thread so that this one keeps the step's heartbeat going (a long
+    # request is not a lost worker for the reaper) and notices a cancel.
+    thread = threading.Thread(target=call, name=f"http-step-{step.pk}", daemon=True)
+    thread.start()
+    beat_every = min(settings.CLEARWAY["HEARTBEAT_SECONDS"], 1.0)
+    while True:
+        thread.join(beat_every)
+        if not thread.is_alive():
+            break
+        if not actions.heartbeat(step.pk, step.attempt):
+            log.add("[clearway] step stopped: canceled")
+            return Result(False, None, "canceled")
+    error = box.get("error")
+    if isinstance(error, httpx.TimeoutException):
         return Result(False, None, f"timed out after {timeout:g} s")
-    except httpx.HTTPError as exc:
-        return Result(False, None, f"request failed: {exc.__class__.__name__}: {exc}")
+    if isinstance(error, httpx.HTTPError):
+        return Result(False, None, f"request failed: {error.__class__.__name__}: {error}")
+    if error is not None:
+        raise error
+    response = box["response"]
     elapsed = (time.monotonic() - started) * 1000
     log.add(f"HTTP {response.status_code} in {elapsed:.0f} ms")
     for raw in response.content[:4096].split(b"\n")[:40]:

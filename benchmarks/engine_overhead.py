@@ -1,0 +1,419 @@
+"""Orchestration overhead of the engine compared with a bare Celery round trip.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/clearway_bench_engine \\
+    REDIS_URL=redis://127.0.0.1:6379/12 \\
+    .venv/bin/python benchmarks/engine_overhead.py [--runs 20] [--concurrent 20] \\
+        [--tasks 2000] [--pings 300] [--concurrency 2]
+
+Both variables default to the values above (a database and a Redis db index of its own: the
+database is created if missing and migrated, the Redis db is flushed). The script starts a
+real `celery -A orchestrator worker -P prefork -c 2` subprocess against them, with DEBUG off
+as in production, and measures:
+
+(a) sequential overhead: a 10-stage pipeline whose stages are chained with `needs` and whose
+    one step is `run: "true"`, run --runs times one after the other. From the database
+    timestamps: the gap between a stage's finished_at and the next stage's started_at (finish
+    the step, advance the run, commit, dispatch, worker picks it up, claim), and the gap from
+    the run's creation to its first stage's start. Median and p95.
+(b) the bare Celery round trip `clearway.ping.apply_async().get()` on the same broker,
+    backend and worker, --pings times. Goals: median overhead <= 5x the bare median,
+    p95 overhead <= 10x the bare median.
+(c) throughput: --concurrent 10-stage runs started at once, stages per second until the last
+    one ends, against --tasks no-op tasks sent at once and collected (tasks per second).
+    Goal: stages/s >= 0.2x tasks/s.
+(d) where the time goes: one run executed in this process, step by step, with the time and
+    the number of SQL queries of the claim, the command, the log flush and finish+advance.
+
+--what-if runs everything with a prototype of two changes proposed for code outside the
+engine (in this process and in the worker): governance.audit.record without its savepoint
+(it always runs inside the caller's transaction) and orchestrator.events._next_seq as one
+`UPDATE ... RETURNING` instead of an UPDATE and a SELECT.
+
+Prints one JSON document. Not part of the test run. Results: benchmarks/ENGINE_RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/clearway_bench_engine"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
+STAGES = 10
+
+
+def chain_definition(stages: int = STAGES) -> str:
+    lines = ["name: bench chain", "stages:"]
+    for i in range(stages):
+        lines.append(f"  - name: s{i}")
+        if i:
+            lines.append(f"    needs: [s{i - 1}]")
+        lines += ["    steps:", "      - name: noop", '        run: "true"']
+    return "\n".join(lines) + "\n"
+
+
+def stats(samples_ms: list[float]) -> dict:
+    ordered = sorted(samples_ms)
+    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))]
+    return {
+        "n": len(ordered),
+        "median_ms": round(statistics.median(ordered), 2),
+        "p95_ms": round(p95, 2),
+        "min_ms": round(ordered[0], 2),
+        "max_ms": round(ordered[-1], 2),
+    }
+
+
+def configure_environment(tmp: Path) -> dict[str, str]:
+    os.environ.setdefault("DATABASE_URL", DEFAULT_DB)
+    os.environ.setdefault("REDIS_URL", DEFAULT_REDIS)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "orchestrator.settings"
+    os.environ["DEBUG"] = "false"  # as in production: no query log kept in memory
+    os.environ.setdefault("SECRET_KEY", "benchmark-only-" + "x" * 40)
+    os.environ["CLEARWAY_VAR_DIR"] = str(tmp / "var")
+    os.environ["CLEARWAY_WORKSPACE_ROOT"] = str(tmp / "workspaces")
+    os.environ["LOG_LEVEL"] = "WARNING"
+    return dict(os.environ)
+
+
+def ensure_database(url: str) -> None:
+    from urllib.parse import urlparse
+
+    import psycopg
+
+    parts = urlparse(url)
+    name = parts.path.lstrip("/")
+    with psycopg.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password,
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def apply_what_if() -> None:
+    """Prototype of the proposed changes to governance/audit.py and orchestrator/events.py."""
+    from types import SimpleNamespace
+
+    from django.db import connection, transaction
+
+    from governance import audit
+    from orchestrator import events
+
+    audit.transaction = SimpleNamespace(atomic=lambda: transaction.atomic(savepoint=False))
+
+    def next_seq(run_id: int) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE orchestrator_run SET event_seq = event_seq + 1 WHERE id = %s "
+                "RETURNING event_seq",
+                [run_id],
+            )
+            return cursor.fetchone()[0]
+
+    events._next_seq = next_seq
+
+
+def celery_worker_main() -> None:
+    """`engine_overhead.py --celery-worker ARGS`: `celery ARGS`, with the what-if patches
+    applied first when CLEARWAY_BENCH_WHAT_IF is set (prefork children inherit them)."""
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    if os.environ.get("CLEARWAY_BENCH_WHAT_IF"):
+        apply_what_if()
+    from celery.__main__ import main as celery_main
+
+    sys.argv = ["celery", *sys.argv[2:]]
+    celery_main()
+
+
+def start_worker(env: dict, log_path: Path, concurrency: int) -> subprocess.Popen:
+    args = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--celery-worker",
+        "-A",
+        "orchestrator",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        str(concurrency),
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"bench-{os.getpid()}@%h",
+    ]
+    log = open(log_path, "wb")  # noqa: SIM115 — closed with the process
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"worker exited:\n{log_path.read_text(errors='replace')}")
+        if b"ready." in log_path.read_bytes():
+            return proc
+        time.sleep(0.1)
+    raise SystemExit(f"worker not ready after 60 s:\n{log_path.read_text(errors='replace')}")
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def wait_terminal(run_ids: list[int], timeout: float = 120) -> None:
+    from orchestrator.models import RUN_TERMINAL, Run
+
+    deadline = time.monotonic() + timeout
+    pending = set(run_ids)
+    while pending:
+        done = Run.objects.filter(pk__in=pending, status__in=RUN_TERMINAL).values_list(
+            "pk", flat=True
+        )
+        pending -= set(done)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"runs {sorted(pending)} did not finish in {timeout} s")
+        time.sleep(0.005)
+
+
+def gaps_of(run_ids: list[int]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(stage-to-stage gaps, creation-to-first-start gaps, stage busy times, run totals), ms."""
+    from orchestrator.models import Run, RunStatus
+
+    between, first, busy, totals = [], [], [], []
+    for run in Run.objects.filter(pk__in=run_ids).prefetch_related("stages"):
+        if run.status != RunStatus.SUCCEEDED:
+            raise SystemExit(f"run {run.pk} ended {run.status}: {run.reason}")
+        stages = sorted(run.stages.all(), key=lambda s: s.position)
+        first.append((stages[0].started_at - run.created_at).total_seconds() * 1000)
+        for prev, nxt in zip(stages, stages[1:], strict=False):
+            between.append((nxt.started_at - prev.finished_at).total_seconds() * 1000)
+        busy += [(s.finished_at - s.started_at).total_seconds() * 1000 for s in stages]
+        totals.append((run.finished_at - run.created_at).total_seconds() * 1000)
+    return between, first, busy, totals
+
+
+def bare_round_trips(n: int) -> list[float]:
+    from orchestrator.celery import ping
+
+    samples = []
+    for _ in range(n):
+        began = time.perf_counter()
+        assert ping.apply_async().get(timeout=30) == "pong"
+        samples.append((time.perf_counter() - began) * 1000)
+    return samples
+
+
+def bare_throughput(n: int) -> float:
+    from orchestrator.celery import ping
+
+    began = time.perf_counter()
+    results = [ping.apply_async() for _ in range(n)]
+    for result in results:
+        result.get(timeout=120)
+    return n / (time.perf_counter() - began)
+
+
+def breakdown(pipeline, actor) -> dict:
+    """One run executed in this process, phase by phase (no broker in between)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from orchestrator import actions, executors, tasks
+
+    sent: list[tuple[int, int]] = []
+    real_dispatch = tasks.dispatch_step
+    tasks.dispatch_step = lambda step_id, attempt, countdown=0: sent.append((step_id, attempt))
+    phases: dict[str, list[tuple[float, int]]] = {
+        "trigger": [],
+        "claim": [],
+        "command": [],
+        "log_flush": [],
+        "finish_and_advance": [],
+    }
+
+    def measure(name, fn, *args, **kwargs):
+        with CaptureQueriesContext(connection) as queries:
+            began = time.perf_counter()
+            value = fn(*args, **kwargs)
+            elapsed = (time.perf_counter() - began) * 1000
+        phases[name].append((elapsed, len(queries)))
+        return value
+
+    try:
+        measure("trigger", actions.trigger_run, pipeline, actor=actor, trigger="api")
+        while sent:
+            step_id, attempt = sent.pop(0)
+            step = measure("claim", actions.claim_step, step_id, attempt, worker="bench")
+            log = executors.LogWriter(step, step.stage.run_id)
+            result = measure(
+                "command", executors.run_command, step, step.stage.run, step.stage, log
+            )
+            measure("log_flush", log.flush)
+            measure(
+                "finish_and_advance",
+                actions.finish_step,
+                step_id,
+                attempt,
+                succeeded=result.succeeded,
+                exit_code=result.exit_code,
+                error=result.error,
+            )
+    finally:
+        tasks.dispatch_step = real_dispatch
+    out = {}
+    for name, samples in phases.items():
+        out[name] = {
+            "median_ms": round(statistics.median(s[0] for s in samples), 2),
+            "queries": round(statistics.median(s[1] for s in samples)),
+            "n": len(samples),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--concurrent", type=int, default=20)
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--pings", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--what-if", action="store_true", help="prototype audit/events changes")
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="clearway-bench-engine-"))
+    env = configure_environment(tmp)
+    if args.what_if:
+        env["CLEARWAY_BENCH_WHAT_IF"] = "1"
+    sys.path.insert(0, str(ROOT))
+    ensure_database(os.environ["DATABASE_URL"])
+
+    import django
+
+    django.setup()
+    import redis
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    if args.what_if:
+        apply_what_if()
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+    from orchestrator import actions
+    from orchestrator.models import Team
+
+    group, _ = Group.objects.get_or_create(name="team-bench")
+    team, _ = Team.objects.get_or_create(slug="bench", defaults={"name": "Bench", "group": group})
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    pipeline = actions.create_pipeline(
+        actor=user, slug=f"chain-{stamp}", definition=chain_definition(), team=team
+    )
+
+    worker = start_worker(env, tmp / "worker.log", args.concurrency)
+    try:
+        # Warm up: worker processes open their database connections, import everything.
+        warm = [actions.trigger_run(pipeline, actor=user, trigger="api").pk for _ in range(2)]
+        wait_terminal(warm)
+        bare_round_trips(30)
+
+        bare = stats(bare_round_trips(args.pings))
+
+        seq_ids = []
+        for _ in range(args.runs):
+            run = actions.trigger_run(pipeline, actor=user, trigger="api")
+            wait_terminal([run.pk])
+            seq_ids.append(run.pk)
+        between, first, busy, totals = gaps_of(seq_ids)
+
+        began = time.perf_counter()
+        conc_ids = [
+            actions.trigger_run(pipeline, actor=user, trigger="api").pk
+            for _ in range(args.concurrent)
+        ]
+        wait_terminal(conc_ids, timeout=600)
+        stages_per_s = args.concurrent * STAGES / (time.perf_counter() - began)
+        gaps_of(conc_ids)  # all succeeded
+
+        tasks_per_s = bare_throughput(args.tasks)
+    finally:
+        stop_worker(worker)
+
+    phases = breakdown(pipeline, user)
+
+    overhead = stats(between)
+    unit = bare["median_ms"]
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        },
+        "what_if": args.what_if,
+        "worker": f"celery prefork -c {args.concurrency}, DEBUG off",
+        "bare_round_trip": bare,
+        "stage_to_stage_gap": overhead,
+        "creation_to_first_stage": stats(first),
+        "stage_busy_time": stats(busy),
+        "run_total": stats(totals),
+        "ratios": {
+            "gap_median_over_bare_median": round(overhead["median_ms"] / unit, 2),
+            "gap_p95_over_bare_median": round(overhead["p95_ms"] / unit, 2),
+            "gap_p95_over_bare_p95": round(overhead["p95_ms"] / bare["p95_ms"], 2),
+        },
+        "throughput": {
+            "stages_per_s": round(stages_per_s, 1),
+            "bare_tasks_per_s": round(tasks_per_s, 1),
+            "ratio": round(stages_per_s / tasks_per_s, 3),
+        },
+        "goals": {
+            "median <= 5x bare": overhead["median_ms"] <= 5 * unit,
+            "p95 <= 10x bare": overhead["p95_ms"] <= 10 * unit,
+            "throughput >= 0.2x bare": stages_per_s >= 0.2 * tasks_per_s,
+        },
+        "in_process_breakdown": phases,
+        "params": vars(args),
+    }
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--celery-worker"]:
+        celery_worker_main()
+    else:
+        main()
