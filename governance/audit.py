@@ -90,7 +90,9 @@ def record(
     target_type, target_id, target_name = _describe_target(target)
     # JSON round trip now, so the hash covers exactly what the database will give back.
     details = json.loads(canonical_json(details))
-    with transaction.atomic():
+    # No savepoint: the caller's transaction (or this one) is the unit; an append either
+    # commits with the change it records or not at all.
+    with transaction.atomic(savepoint=False):
         head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
         if head is None:
             head = AuditChainHead.objects.create(pk=1)

@@ -458,14 +458,13 @@ def finish_step(
     return step
 
 
-def heartbeat(step_id: int, attempt: int) -> bool:
-    """Refresh a running step's heartbeat. False means stop: canceled, reaped or retried."""
-    return (
-        StepRun.objects.filter(pk=step_id, attempt=attempt, status=StepStatus.RUNNING).update(
-            heartbeat_at=timezone.now()
-        )
-        == 1
-    )
+def heartbeat(step_id: int, attempt: int, *, write: bool = True) -> bool:
+    """Is this attempt of the step still running? With `write`, also refresh its heartbeat.
+    False means stop: canceled, reaped or retried."""
+    mine = StepRun.objects.filter(pk=step_id, attempt=attempt, status=StepStatus.RUNNING)
+    if not write:
+        return mine.exists()
+    return mine.update(heartbeat_at=timezone.now()) == 1
 
 
 def reap_stale_steps(*, now: datetime | None = None) -> dict:

@@ -20,7 +20,6 @@ import threading
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +126,23 @@ def bind_loop(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _next_seq(run_id: int) -> int:
+    """The run's next sequence number, in one statement (the row stays locked until commit,
+    so sequence order is commit order)."""
+    from django.db import connection
+
     from .models import Run
 
-    Run.objects.filter(pk=run_id).update(event_seq=F("event_seq") + 1)
-    return Run.objects.values_list("event_seq", flat=True).get(pk=run_id)
+    table = connection.ops.quote_name(Run._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET event_seq = event_seq + 1 WHERE id = %s "  # noqa: S608
+            "RETURNING event_seq",
+            [run_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise Run.DoesNotExist(f"run {run_id}")
+    return row[0]
 
 
 def _emit(groups: list[str], event: dict[str, Any]) -> None:

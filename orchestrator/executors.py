@@ -123,6 +123,28 @@ class LogWriter:
         self.offset += len(lines)
 
 
+class Pulse:
+    """A running step's link to the database: every second a cheap read notices a cancel (or
+    a reap); every HEARTBEAT_SECONDS a write refreshes the heartbeat the reaper watches."""
+
+    CHECK_SECONDS = 1.0
+
+    def __init__(self, step: StepRun):
+        self.step = step
+        self.write_every = settings.CLEARWAY["HEARTBEAT_SECONDS"]
+        self.last_check = self.last_write = time.monotonic()
+
+    def alive(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_check < self.CHECK_SECONDS:
+            return True
+        self.last_check = now
+        write = now - self.last_write >= self.write_every
+        if write:
+            self.last_write = now
+        return actions.heartbeat(self.step.pk, self.step.attempt, write=write)
+
+
 @dataclass
 class Result:
     succeeded: bool
@@ -198,14 +220,12 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
 
 
 def _supervise(proc: subprocess.Popen, step: StepRun, log: LogWriter, timeout: float) -> Result:
-    cfg = settings.CLEARWAY
     sel = selectors.DefaultSelector()
     partial = {"out": b"", "err": b""}
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
     sel.register(proc.stderr, selectors.EVENT_READ, "err")
     started = time.monotonic()
-    last_beat = started
-    beat_every = min(cfg["HEARTBEAT_SECONDS"], 1.0)  # also how quickly cancel is noticed
+    pulse = Pulse(step)
     open_streams = 2
     stop_reason = ""
     # Until the output is closed AND the shell has exited: a command that closed its output
@@ -243,12 +263,10 @@ def _supervise(proc: subprocess.Popen, step: StepRun, log: LogWriter, timeout: f
             stop_reason = f"timed out after {timeout:g} s"
             _kill_group(proc)
             break
-        if now - last_beat >= beat_every:
-            last_beat = now
-            if not actions.heartbeat(step.pk, step.attempt):
-                stop_reason = "canceled"
-                _kill_group(proc)
-                break
+        if not pulse.alive():
+            stop_reason = "canceled"
+            _kill_group(proc)
+            break
     for stream_file in (proc.stdout, proc.stderr):
         try:
             sel.unregister(stream_file)
@@ -297,12 +315,12 @@ def run_http(step: StepRun, run, stage, log: LogWriter) -> Result:
     # request is not a lost worker for the reaper) and notices a cancel.
     thread = threading.Thread(target=call, name=f"http-step-{step.pk}", daemon=True)
     thread.start()
-    beat_every = min(settings.CLEARWAY["HEARTBEAT_SECONDS"], 1.0)
+    pulse = Pulse(step)
     while True:
-        thread.join(beat_every)
+        thread.join(Pulse.CHECK_SECONDS)
         if not thread.is_alive():
             break
-        if not actions.heartbeat(step.pk, step.attempt):
+        if not pulse.alive():
             log.add("[clearway] step stopped: canceled")
             return Result(False, None, "canceled")
     error = box.get("error")

@@ -14,7 +14,11 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": os.path.join(_tmp, "test.sqlite3")}
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-CLEARWAY = {**CLEARWAY, "WORKSPACE_ROOT": os.path.join(_tmp, "workspaces")}
+CLEARWAY = {
+    **CLEARWAY,
+    "WORKSPACE_ROOT": os.path.join(_tmp, "workspaces"),
+    "HEARTBEAT_SECONDS": 1.0,
+}
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
