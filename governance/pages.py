@@ -1,5 +1,527 @@
-"""Governance pages: policies (editor, tests, dry-run, versions), environments, audit log."""
+"""Governance pages: policies (list, editor with tests, dry runs and publishing, version
+history), environments (settings, approval rules, windows; edited by admins, audited) and the
+audit log (filtered, paginated, chain verification on demand).
+
+Every page asks governance.permissions: everyone signed in may read policies and
+environments; changing them needs can_edit_policies / the change permission on the
+environment (403 otherwise); the audit log needs can_view_audit (403). A missing object is
+404. htmx requests get the page's named partial (django-template-partials). All changes go
+through the verbs (governance.policies) or, for environments, one audited transaction
+(governance.forms.EnvironmentEditor).
+"""
 
 from __future__ import annotations
 
-urlpatterns: list = []
+import difflib
+import functools
+import json
+import zoneinfo
+from datetime import datetime
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db.models import Prefetch
+from django.http import Http404, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods
+from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
+
+from . import audit, policies, rego
+from .forms import (
+    NEW_POLICY_SOURCE,
+    AuditFilterForm,
+    EnvironmentChanged,
+    EnvironmentEditor,
+    PolicyForm,
+    parse_utc,
+)
+from .models import ApprovalRule, AuditEvent, Environment, Policy, PolicyVersion
+from .permissions import can, can_edit_policies, can_view_audit, restrict
+from .rego import PolicyCompileError
+
+AUDIT_PER_PAGE = 50
+DETAILS_SHORT = 40  # characters of compact JSON shown before the row is expanded
+EDITOR = "governance/policy_form.html"
+WEEKDAY_NAMES = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+
+def _require_policy_editor(user) -> None:
+    if not can_edit_policies(user):
+        raise PermissionDenied("Only policy admins may change policies.")
+
+
+def _render_or_partial(request, template: str, partial: str, context: dict):
+    """htmx asked for a piece of the page: render only that partial."""
+    if request.htmx:
+        return render(request, f"{template}#{partial}", context)
+    return render(request, template, context)
+
+
+# --- policies: list ----------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def policy_list(request):
+    qs = Policy.objects.select_related("current_version__author").prefetch_related(
+        Prefetch("environments", queryset=Environment.objects.order_by("name"))
+    )
+    return render(
+        request,
+        "governance/policies.html",
+        {
+            "policies": restrict(qs, request.user, "view").order_by("name"),
+            "may_edit": can_edit_policies(request.user),
+        },
+    )
+
+
+# --- policies: editor --------------------------------------------------------------------
+
+
+def _policy_or_404(request, pk: int) -> Policy:
+    qs = Policy.objects.select_related("current_version__author", "updated_by")
+    return get_object_or_404(restrict(qs, request.user, "view"), pk=pk)
+
+
+def _editor_context(request, form, policy: Policy | None, **extra) -> dict:
+    compile_errors = extra.pop("compile_errors", None) or []
+    source = form["source"].value() or ""
+    versions = []
+    if policy is not None:
+        history = restrict(policy.versions.select_related("author"), request.user, "view")
+        versions = list(history.defer("source", "test_results").order_by("-number")[:5])
+    return {
+        "policy": policy,
+        "form": form,
+        "creating": policy is None,
+        "may_edit": can_edit_policies(request.user),
+        "compile_errors": compile_errors,
+        "error_lines": sorted({e.line for e in compile_errors if e.line}),
+        "line_numbers": range(1, source.count("\n") + 2),
+        "versions": versions,
+        **extra,
+    }
+
+
+def _save_form(request, form: PolicyForm, policy: Policy | None) -> Policy:
+    data = form.cleaned_data
+    fields = {
+        "source": data["source"],
+        "enforcement": data["enforcement"],
+        "description": data["description"],
+        "environments": list(data["environments"]),
+        "tiers": data["tiers"],
+        "test_cases": data["test_cases"],
+        "enabled": data["enabled"],
+    }
+    if policy is None:
+        return policies.create_policy(actor=request.user, name=data["name"], **fields)
+    return policies.save_draft(policy, actor=request.user, **fields)
+
+
+def _expected(expect: dict, key: str) -> dict | None:
+    value = expect.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return {"count": value, "messages": None}
+    return {"count": None, "messages": value}
+
+
+def _test_report(cases: list[dict], results: list[dict]) -> dict:
+    rows = []
+    for case, result in zip(cases, results, strict=False):
+        expect = case.get("expect") or {}
+        rows.append(
+            {
+                **result,
+                "expect_deny": _expected(expect, "deny"),
+                "expect_warn": _expected(expect, "warn"),
+                "expect_error": expect.get("error"),
+            }
+        )
+    failed = sum(1 for r in rows if not r["passed"])
+    return {"rows": rows, "total": len(rows), "failed": failed, "passed": len(rows) - failed}
+
+
+def _invalid(form: PolicyForm, *names: str) -> list[str]:
+    return [f"{form.fields[n].label or n}: {e}" for n in names for e in form.errors.get(n, [])]
+
+
+def _run_tests(form: PolicyForm) -> dict:
+    invalid = _invalid(form, "source", "test_cases")
+    if invalid:
+        return {"invalid": invalid}
+    source, cases = form.cleaned_data["source"], form.cleaned_data["test_cases"]
+    try:
+        rego.compile_policy(source)
+    except PolicyCompileError as exc:
+        return {"compile_errors": exc.errors}
+    return _test_report(cases, rego.run_test_cases(source, cases) if cases else [])
+
+
+def _dry_run(request, form: PolicyForm, policy: Policy | None) -> dict:
+    invalid = _invalid(form, "source", "enforcement", "days")
+    if invalid:
+        return {"invalid": invalid}
+    data = form.cleaned_data
+    try:
+        report = policies.dry_run(
+            data["source"],
+            days=data["days"],
+            enforcement=data["enforcement"],
+            policy=policy,
+            actor=request.user,
+        )
+    except PolicyCompileError as exc:
+        return {"compile_errors": exc.errors}
+    except policies.PolicyInvalid as exc:
+        return {"invalid": [exc.message]}
+    for change in report["changed"]:
+        change["at_time"] = datetime.fromisoformat(change["at"])
+    return report
+
+
+def _editor_post(request, policy: Policy | None):
+    """The editor's buttons: save, test, dry-run (htmx partials) and publish."""
+    _require_policy_editor(request.user)
+    action = request.POST.get("action", "save")
+    form = PolicyForm(request.POST, creating=policy is None)
+    form.is_valid()
+    if action == "test":
+        context = _editor_context(request, form, policy, test=_run_tests(form))
+        return _render_or_partial(request, EDITOR, "test-results", context)
+    if action == "dry-run":
+        context = _editor_context(request, form, policy, dry_run=_dry_run(request, form, policy))
+        return _render_or_partial(request, EDITOR, "dry-run", context)
+    if action not in ("save", "publish") or (action == "publish" and policy is None):
+        return HttpResponseBadRequest("unknown action")
+    extra: dict = {}
+    if form.is_valid():
+        try:
+            return _save_and_publish(request, form, policy, publish=action == "publish")
+        except PolicyCompileError as exc:
+            extra["compile_errors"] = exc.errors
+        except policies.PolicyTestFailure as exc:
+            extra["publish_refused"] = str(exc)
+            extra["test"] = _test_report(form.cleaned_data["test_cases"], exc.results)
+        except policies.PolicyInvalid as exc:
+            form.add_refusal(exc)
+        except policies.PolicyActionError as exc:
+            form.add_error(None, str(exc))
+    elif "source" in form.cleaned_data:
+        # Other fields are wrong: report the source's problems too, all in one go.
+        try:
+            rego.compile_policy(form.cleaned_data["source"])
+        except PolicyCompileError as exc:
+            extra["compile_errors"] = exc.errors
+    # 200 with the errors on the page, as Django forms do (the pipeline editor too).
+    return render(request, EDITOR, _editor_context(request, form, policy, **extra))
+
+
+def _save_and_publish(request, form: PolicyForm, policy: Policy | None, *, publish: bool):
+    before = policy.updated_at if policy is not None else None
+    saved = _save_form(request, form, policy)
+    if publish:
+        try:
+            version = policies.publish_policy(saved, actor=request.user)
+        except policies.PolicyUnchanged as exc:
+            messages.info(request, str(exc))
+        else:
+            messages.success(request, f"Published {saved.name} as version {version.number}.")
+    elif policy is None:
+        messages.success(request, f"Created {saved.name}. Run its tests, then publish it.")
+    elif saved.updated_at == before:
+        messages.info(request, "No changes: the draft is as it was.")
+    else:
+        messages.success(request, "Draft saved. Gates use the published version until you publish.")
+    return redirect("governance:policy", pk=saved.pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def policy_new(request):
+    _require_policy_editor(request.user)
+    if request.method == "POST":
+        return _editor_post(request, None)
+    form = PolicyForm(
+        creating=True,
+        initial={"source": NEW_POLICY_SOURCE, "test_cases": "[]", "enabled": True, "days": 30},
+    )
+    return render(request, EDITOR, _editor_context(request, form, None))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def policy_detail(request, pk: int):
+    policy = _policy_or_404(request, pk)
+    if request.method == "POST":
+        return _editor_post(request, policy)
+    form = PolicyForm(initial=PolicyForm.initial_for(policy))
+    cases = [
+        {
+            "name": case.get("name") or f"case {number}",
+            "error": (case.get("expect") or {}).get("error"),
+            "expects": [_expected(case.get("expect") or {}, key) for key in ("deny", "warn")],
+        }
+        for number, case in enumerate(policy.test_cases, start=1)
+    ]
+    return render(request, EDITOR, _editor_context(request, form, policy, cases=cases))
+
+
+# --- policies: versions ------------------------------------------------------------------
+
+
+def diff_lines(old: str, new: str, old_label: str, new_label: str) -> list[tuple[str, str]]:
+    """A unified diff as (css class, line) pairs for the .diff view."""
+    kinds = {"---": "diff-header", "+++": "diff-header", "@@": "diff-hunk"}
+    out = []
+    for line in difflib.unified_diff(
+        old.splitlines(), new.splitlines(), fromfile=old_label, tofile=new_label, lineterm=""
+    ):
+        kind = kinds.get(line[:3]) or kinds.get(line[:2])
+        if kind is None:
+            kind = {"+": "diff-add", "-": "diff-del"}.get(line[:1], "diff-ctx")
+        out.append((kind, line))
+    return out
+
+
+def _side(policy: Policy, versions: dict[int, PolicyVersion], choice: str) -> dict | None:
+    """One side of a comparison: a version number, "draft", or 0 (nothing: before v1)."""
+    if choice == "draft":
+        return {"label": "draft", "source": policy.source, "enforcement": policy.enforcement}
+    if not choice.isdigit():
+        return None
+    number = int(choice)
+    if number == 0:
+        return {"label": "empty", "source": "", "enforcement": None}
+    version = versions.get(number)
+    if version is None:
+        return None
+    return {"label": f"v{number}", "source": version.source, "enforcement": version.enforcement}
+
+
+@login_required
+@require_GET
+def policy_versions(request, pk: int):
+    policy = _policy_or_404(request, pk)
+    history = restrict(policy.versions.select_related("author"), request.user, "view")
+    page = Paginator(history.order_by("-number").defer("source"), 50).get_page(
+        request.GET.get("page")
+    )
+    latest = policy.current_version.number if policy.current_version else None
+    if latest is None:
+        default_from, default_to = "0", "draft"
+    elif policy.has_unpublished_changes:
+        default_from, default_to = str(latest), "draft"
+    else:
+        default_from, default_to = str(latest - 1), str(latest)
+    wanted = [request.GET.get("from", default_from), request.GET.get("to", default_to)]
+    numbers = [int(w) for w in wanted if w.isdigit()]
+    found = {v.number: v for v in history.filter(number__in=numbers)}
+    old, new = (_side(policy, found, w) for w in wanted)
+    if old is None or new is None:
+        raise Http404("no such version")
+    return render(
+        request,
+        "governance/policy_versions.html",
+        {
+            "policy": policy,
+            "page": page,
+            "old": old,
+            "new": new,
+            "chosen": wanted,
+            "may_edit": can_edit_policies(request.user),
+            "extra": urlencode({"from": wanted[0], "to": wanted[1]}),
+            "numbers": list(history.order_by("-number").values_list("number", flat=True)),
+            "lines": diff_lines(old["source"], new["source"], old["label"], new["label"]),
+        },
+    )
+
+
+# --- environments ------------------------------------------------------------------------
+
+
+def _window_flags(env: Environment, now) -> dict | None:
+    try:
+        return rego.environment_flags(now, env.timezone, env.freeze_windows, env.change_windows)
+    except (KeyError, TypeError, ValueError, LookupError):  # malformed windows
+        return None
+
+
+@login_required
+@require_GET
+def environment_list(request):
+    rules = ApprovalRule.objects.select_related("group").order_by("group__name")
+    qs = Environment.objects.prefetch_related(Prefetch("approval_rules", queryset=rules))
+    envs = list(restrict(qs, request.user, "view").order_by("name"))
+    now = timezone.now()
+    for env in envs:
+        env.flags = _window_flags(env, now)
+    return render(request, "governance/environments.html", {"environments": envs})
+
+
+def _holders(env: Environment) -> dict:
+    """Who holds approve / override on `env`: groups and users with the object permission,
+    and groups holding it for every environment."""
+    groups = get_groups_with_perms(env, attach_perms=True)
+    users = get_users_with_perms(
+        env, attach_perms=True, with_superusers=False, with_group_users=False
+    )
+    out = {}
+    for action in ("approve", "override"):
+        codename = f"{action}_environment"
+        everywhere = Group.objects.filter(
+            permissions__content_type__app_label="governance", permissions__codename=codename
+        ).order_by("name")
+        out[action] = {
+            "groups": sorted(g.name for g, perms in groups.items() if codename in perms),
+            "users": sorted(u.get_username() for u, perms in users.items() if codename in perms),
+            "everywhere": [g.name for g in everywhere],
+        }
+    return out
+
+
+def _environment_context(env: Environment, editor, may_change: bool) -> dict:
+    holders = _holders(env)
+    approving = set(holders["approve"]["groups"]) | set(holders["approve"]["everywhere"])
+    rules = list(env.approval_rules.select_related("group").order_by("group__name"))
+    now = timezone.now()
+    freeze = []
+    for window in _windows(env.freeze_windows):
+        start, end = parse_utc(str(window.get("start"))), parse_utc(str(window.get("end")))
+        active = bool(start and end and start <= now < end)
+        freeze.append({**window, "start_at": start, "end_at": end, "active": active})
+    return {
+        "env": env,
+        "editor": editor,
+        "may_change": may_change,
+        "rules": rules,
+        "unusable_rules": [r for r in rules if r.group.name not in approving],
+        "holders": holders,
+        "freeze_windows": freeze,
+        "flags": _window_flags(env, now),
+        "change_windows": [
+            {**w, "day_names": _day_names(w.get("days"))} for w in _windows(env.change_windows)
+        ],
+        "policies": policies.in_scope(env).select_related("current_version").order_by("name"),
+        "timezones": _timezones(),
+    }
+
+
+def _windows(value) -> list[dict]:
+    """Stored windows, skipping anything malformed (edited by hand in the admin's JSON)."""
+    return [w for w in value if isinstance(w, dict)] if isinstance(value, list) else []
+
+
+def _day_names(days) -> str:
+    days = days if isinstance(days, list) else []
+    return ", ".join(WEEKDAY_NAMES[d] if isinstance(d, int) and 0 <= d < 7 else "?" for d in days)
+
+
+@functools.cache
+def _timezones() -> list[str]:
+    return sorted(zoneinfo.available_timezones())
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def environment_detail(request, name: str):
+    env = get_object_or_404(restrict(Environment.objects.all(), request.user, "view"), name=name)
+    may_change = can(request.user, "change", env)
+    if request.method == "POST" and not may_change:
+        raise PermissionDenied("Only environment admins may change environments.")
+    editor = EnvironmentEditor(env, request.POST or None) if may_change else None
+    if request.method == "POST" and editor.is_valid():
+        try:
+            changes = editor.save(actor=request.user)
+        except EnvironmentChanged as exc:
+            editor.form.add_error(None, str(exc))
+        else:
+            if changes:
+                messages.success(request, f"Saved {env.name}: {', '.join(sorted(changes))}.")
+            else:
+                messages.info(request, "No changes.")
+            return redirect("governance:environment", name=env.name)
+    context = _environment_context(env, editor, may_change)
+    return render(request, "governance/environment.html", context)
+
+
+# --- audit log ---------------------------------------------------------------------------
+
+
+def _require_audit(user) -> None:
+    if not can_view_audit(user):
+        raise PermissionDenied("Only compliance managers may read the audit log.")
+
+
+def _target_url(event: AuditEvent) -> str | None:
+    if event.target_type == "policy" and event.target_id.isdigit():
+        return reverse("governance:policy", args=[int(event.target_id)])
+    if event.target_type == "environment" and event.target_name:
+        return reverse("governance:environment", args=[event.target_name])
+    if event.target_type == "run" and event.target_id.isdigit():
+        return reverse("dashboard:run", args=[int(event.target_id)])
+    return None
+
+
+def _audit_context(request, verification=None) -> dict:
+    form = AuditFilterForm(request.GET)
+    events = restrict(AuditEvent.objects.all(), request.user, "view")
+    valid = form.is_valid()
+    events = form.apply(events) if valid else events.none()
+    page = Paginator(events.order_by("-seq"), AUDIT_PER_PAGE).get_page(request.GET.get("page"))
+    for event in page.object_list:
+        event.details_json = json.dumps(
+            event.details, separators=(",", ":"), sort_keys=True, ensure_ascii=False
+        )
+        event.target_url = _target_url(event)
+    head_seq, head_hash = audit.chain_head()
+    filters = {k: v for k, v in request.GET.items() if k in form.fields and v}
+    context = {
+        "form": form,
+        "page": page,
+        "extra": urlencode(filters),
+        "filtered": bool(filters),
+        "head": {"seq": head_seq, "hash": head_hash},
+        "verification": verification,
+        "details_short": DETAILS_SHORT,
+    }
+    return context
+
+
+@login_required
+@require_GET
+def audit_log(request):
+    _require_audit(request.user)
+    return render(request, "governance/audit.html", _audit_context(request))
+
+
+@login_required
+@require_GET
+def audit_verify(request):
+    """Recompute the whole chain (slow on big logs, so only on demand)."""
+    _require_audit(request.user)
+    result = audit.verify()
+    if request.htmx:
+        return render(request, "governance/audit.html#verification", {"verification": result})
+    return render(request, "governance/audit.html", _audit_context(request, verification=result))
+
+
+urlpatterns: list = [
+    path("policies/", policy_list, name="policies"),
+    path("policies/new/", policy_new, name="policy-new"),
+    path("policies/<int:pk>/", policy_detail, name="policy"),
+    path("policies/<int:pk>/versions/", policy_versions, name="policy-versions"),
+    path("environments/", environment_list, name="environments"),
+    path("environments/<slug:name>/", environment_detail, name="environment"),
+    path("audit/", audit_log, name="audit"),
+    path("audit/verify/", audit_verify, name="audit-verify"),
+]

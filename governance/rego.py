@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import queue
 import select
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -500,6 +502,38 @@ class _Evaluator:
         self.proc.returncode = 0  # keep Popen.__del__ from tracking a process we don't own
 
 
+_starter: tuple[int, queue.SimpleQueue] | None = None  # (pid, requests to the starter thread)
+
+
+def _start_evaluator(memory_limit_mb: int) -> _Evaluator:
+    """Start an evaluator from one long-lived thread of this process. Evaluators ask to be
+    killed when their parent dies (PR_SET_PDEATHSIG), and for the kernel the parent is the
+    *thread* that forked them: one started by a request thread (ASGI servers run each sync
+    request in a thread that ends with it) was killed right after that request, and the next
+    caller wrote into a dead pipe."""
+    global _starter
+    with _pool_lock:  # re-created after fork(); a child starts its own starter thread
+        if _starter is None or _starter[0] != os.getpid():
+            requests: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(
+                target=_starter_loop, args=(requests,), name="rego-evaluator-starter", daemon=True
+            ).start()
+            _starter = (os.getpid(), requests)
+        requests = _starter[1]
+    done: Future = Future()
+    requests.put((memory_limit_mb, done))
+    return done.result()
+
+
+def _starter_loop(requests: queue.SimpleQueue) -> None:
+    while True:
+        memory_limit_mb, done = requests.get()
+        try:
+            done.set_result(_Evaluator(memory_limit_mb))
+        except BaseException as exc:
+            done.set_exception(exc)
+
+
 class EvaluatorPool:
     """A few long-lived evaluator processes, shared by the threads of this process."""
 
@@ -547,7 +581,7 @@ class EvaluatorPool:
                     raise _PoolUnavailable(f"no evaluator became free within {timeout:g} s")
                 self._cond.wait(remaining)
         try:
-            evaluator = _Evaluator(self.memory_limit_mb)
+            evaluator = _start_evaluator(self.memory_limit_mb)
         except BaseException as exc:
             with self._cond:
                 self._starting -= 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import threading
 
 from django.conf import settings
@@ -147,4 +146,3 @@ class Command(BaseCommand):
             ]
         self.stdout.write("\n".join(lines) + "\n")
         self.stdout.flush()
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -1,0 +1,564 @@
+"""Forms of the governance pages: the policy editor, the environment editor (settings plus
+small formsets for freeze windows, change windows and approval rules) and the audit filters.
+
+Forms only check shape and give errors a person can act on (with line and column for JSON).
+The rules themselves belong to the verbs: compiling and validating a policy is
+governance.policies' job, so the page shows exactly the errors the API would.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import zoneinfo
+from datetime import UTC, date, datetime, time, timedelta
+
+from django import forms
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.utils.dateparse import parse_date, parse_datetime
+
+from . import audit, policies
+from .models import ApprovalRule, Enforcement, Environment, Outcome, Tier
+
+DRY_RUN_DAYS = [(7, "7 days"), (30, "30 days"), (90, "90 days")]
+WEEKDAYS = [
+    (0, "Mon"),
+    (1, "Tue"),
+    (2, "Wed"),
+    (3, "Thu"),
+    (4, "Fri"),
+    (5, "Sat"),
+    (6, "Sun"),
+]
+NEW_POLICY_SOURCE = """\
+package clearway.my_policy
+
+import rego.v1
+
+deny contains msg if {
+\tinput.environment.in_freeze
+\tmsg := sprintf("%s is frozen", [input.environment.name])
+}
+"""
+CODE_ATTRS = {
+    "class": "code-editor",
+    "spellcheck": "false",
+    "autocapitalize": "off",
+    "autocomplete": "off",
+    "wrap": "off",
+}
+
+
+def _lf(text: str) -> str:
+    """Browsers submit textareas with CRLF line ends; sources are stored with LF."""
+    return (text or "").replace("\r\n", "\n")
+
+
+# --- policies ----------------------------------------------------------------------------
+
+
+class PolicyForm(forms.Form):
+    """The policy editor. `name` only when creating (a policy cannot be renamed)."""
+
+    name = forms.CharField(
+        max_length=100,
+        help_text='Letters, digits, "-" and "_". It cannot change later.',
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    description = forms.CharField(
+        required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 3})
+    )
+    enforcement = forms.ChoiceField(
+        choices=[(value, value) for value in Enforcement.values],
+        help_text="advisory: shown only · soft-mandatory: blocks, break-glass override allowed "
+        "· hard-mandatory: blocks, no override.",
+    )
+    environments = forms.ModelMultipleChoiceField(
+        queryset=Environment.objects.order_by("name"),
+        to_field_name="name",
+        required=False,
+        help_text="Ctrl/⌘-click to pick several.",
+    )
+    tiers = forms.MultipleChoiceField(
+        choices=[(value, value) for value in Tier.values],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Every environment of these tiers, now and later.",
+    )
+    enabled = forms.BooleanField(
+        required=False, initial=True, help_text="A disabled policy is in no gate."
+    )
+    source = forms.CharField(
+        label="Rego source",
+        strip=False,
+        max_length=200_000,
+        widget=forms.Textarea(attrs={**CODE_ATTRS, "rows": 22}),
+    )
+    test_cases = forms.CharField(
+        label="Test cases (JSON)",
+        required=False,
+        strip=False,
+        max_length=1_000_000,
+        help_text='A list of {"name", "input", "expect": {"deny", "warn"}}; expect holds the '
+        "exact messages or a count. Include one case that denies and one that passes.",
+        widget=forms.Textarea(attrs={**CODE_ATTRS, "rows": 12}),
+    )
+    days = forms.TypedChoiceField(
+        label="Replay the last",
+        choices=DRY_RUN_DAYS,
+        coerce=int,
+        required=False,
+        initial=30,
+    )
+
+    def __init__(self, *args, creating: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not creating:
+            del self.fields["name"]
+        self.fields["environments"].widget.attrs["size"] = 4
+
+    @classmethod
+    def initial_for(cls, policy) -> dict:
+        return {
+            "description": policy.description,
+            "enforcement": policy.enforcement,
+            "environments": [e.name for e in policy.environments.all()],
+            "tiers": list(policy.tiers),
+            "enabled": policy.enabled,
+            "source": policy.source,
+            "test_cases": json.dumps(policy.test_cases, indent=2, ensure_ascii=False),
+            "days": 30,
+        }
+
+    def clean_source(self) -> str:
+        return _lf(self.cleaned_data["source"])
+
+    def clean_test_cases(self) -> list[dict]:
+        text = _lf(self.cleaned_data.get("test_cases") or "").strip()
+        if not text:
+            return []
+        try:
+            cases = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"line {exc.lineno}, column {exc.colno}: {exc.msg}")
+        try:
+            return policies.validate_test_cases(cases)
+        except policies.PolicyInvalid as exc:
+            raise forms.ValidationError(exc.message)
+
+    def clean_days(self) -> int:
+        return self.cleaned_data.get("days") or 30
+
+    def add_refusal(self, exc: policies.PolicyInvalid) -> None:
+        """Show a verb's refusal on the field it names (or on the form)."""
+        self.add_error(exc.field if exc.field in self.fields else None, exc.message)
+
+
+# --- environments ------------------------------------------------------------------------
+
+_HHMM = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$|^24:00$")
+
+
+def parse_utc(value: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _local_input(value) -> str:
+    """A stored ISO time as the value of a datetime-local input (UTC, minutes)."""
+    moment = parse_utc(str(value or ""))
+    return moment.strftime("%Y-%m-%dT%H:%M") if moment else str(value or "")
+
+
+class EnvironmentForm(forms.ModelForm):
+    """The environment's own settings. The name is fixed: gates, runs and reports refer to
+    it."""
+
+    timezone = forms.CharField(
+        max_length=64,
+        help_text="IANA name (Europe/Berlin); change windows are in this time zone.",
+        widget=forms.TextInput(attrs={"list": "timezones", "autocomplete": "off"}),
+    )
+    notify_webhook_url = forms.URLField(
+        label="Notify webhook",
+        required=False,
+        assume_scheme="https",
+        help_text="Called when a gate waits; leave empty for none.",
+    )
+    # The environment as it was when the page was loaded (see fingerprint()).
+    loaded = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    class Meta:
+        model = Environment
+        fields = [
+            "tier",
+            "protected",
+            "timezone",
+            "approval_ttl_hours",
+            "reminder_minutes",
+            "notify_webhook_url",
+        ]
+        labels = {
+            "protected": "Protected (stages stop at a gate)",
+            "approval_ttl_hours": "Approvals expire after (hours)",
+            "reminder_minutes": "Remind approvers after (minutes)",
+        }
+        help_texts = {
+            "approval_ttl_hours": "0: approvals never expire.",
+        }
+
+    def clean_timezone(self) -> str:
+        name = self.cleaned_data["timezone"].strip()
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise forms.ValidationError(f'"{name}" is not a time zone; use e.g. Europe/Berlin.')
+        return name
+
+
+class FreezeWindowForm(forms.Form):
+    start = forms.CharField(
+        label="Start (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    end = forms.CharField(
+        label="End (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    reason = forms.CharField(max_length=200)
+
+    def _moment(self, name: str) -> datetime:
+        moment = parse_utc(self.cleaned_data[name])
+        if moment is None:
+            raise forms.ValidationError("Enter a date and time, e.g. 2026-12-20T00:00.")
+        return moment
+
+    def clean_start(self) -> datetime:
+        return self._moment("start")
+
+    def clean_end(self) -> datetime:
+        return self._moment("end")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("start") and data.get("end") and data["end"] <= data["start"]:
+            self.add_error("end", "The end must be after the start.")
+        return data
+
+    def as_window(self) -> dict:
+        data = self.cleaned_data
+        return {
+            "start": data["start"].isoformat(),
+            "end": data["end"].isoformat(),
+            "reason": data["reason"].strip(),
+        }
+
+
+class ChangeWindowForm(forms.Form):
+    days = forms.TypedMultipleChoiceField(
+        choices=WEEKDAYS, coerce=int, widget=forms.CheckboxSelectMultiple
+    )
+    start = forms.CharField(
+        label="From", max_length=5, widget=forms.TextInput(attrs={"placeholder": "08:00"})
+    )
+    end = forms.CharField(
+        label="Until", max_length=5, widget=forms.TextInput(attrs={"placeholder": "18:00"})
+    )
+
+    def _hhmm(self, name: str) -> str:
+        value = self.cleaned_data[name].strip()
+        if not _HHMM.match(value):
+            raise forms.ValidationError("Use HH:MM, 00:00 to 24:00.")
+        return value
+
+    def clean_start(self) -> str:
+        return self._hhmm("start")
+
+    def clean_end(self) -> str:
+        return self._hhmm("end")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("start") and data.get("start") == data.get("end"):
+            self.add_error("end", "Start and end are the same; an overnight window ends earlier.")
+        return data
+
+    def as_window(self) -> dict:
+        data = self.cleaned_data
+        return {"days": sorted(set(data["days"])), "start": data["start"], "end": data["end"]}
+
+
+class ApprovalRuleForm(forms.Form):
+    group = forms.ModelChoiceField(queryset=Group.objects.order_by("name"))
+    # No initial value: a blank extra row must stay unchanged so it is not taken for a rule.
+    required_count = forms.IntegerField(
+        label="Approvals", min_value=1, max_value=20, widget=forms.NumberInput({"placeholder": "1"})
+    )
+
+
+class _UniqueGroups(forms.BaseFormSet):
+    def clean(self):
+        super().clean()
+        seen = set()
+        for form in self.forms:
+            if not getattr(form, "cleaned_data", None) or self._should_delete_form(form):
+                continue
+            group = form.cleaned_data.get("group")
+            if group in seen:
+                form.add_error("group", f"{group.name} already has a rule: one rule per group.")
+            seen.add(group)
+
+
+FreezeWindowFormSet = forms.formset_factory(FreezeWindowForm, extra=1, can_delete=True)
+ChangeWindowFormSet = forms.formset_factory(ChangeWindowForm, extra=1, can_delete=True)
+ApprovalRuleFormSet = forms.formset_factory(
+    ApprovalRuleForm, formset=_UniqueGroups, extra=1, can_delete=True
+)
+
+
+def _kept(formset) -> list[forms.Form]:
+    """The rows to store: every existing row not marked for deletion, and the extra (blank)
+    rows someone filled in."""
+    kept = []
+    for index, form in enumerate(formset.forms):
+        if formset._should_delete_form(form):
+            continue
+        if index >= formset.initial_form_count() and not form.has_changed():
+            continue
+        kept.append(form)
+    return kept
+
+
+class EnvironmentChanged(Exception):
+    """Someone else saved the environment after this form was loaded."""
+
+
+def fingerprint(env: Environment) -> str:
+    """A hash of everything the environment editor shows. The form posts the whole desired
+    state (a rule left out is deleted), so saving over a newer state would silently undo
+    someone else's change: the form carries this hash and a mismatch refuses the save."""
+    state = {name: getattr(env, name) for name in EnvironmentForm.Meta.fields}
+    state["freeze_windows"] = env.freeze_windows or []
+    state["change_windows"] = env.change_windows or []
+    state["rules"] = sorted(
+        (r.group.name, r.required_count) for r in env.approval_rules.select_related("group")
+    )
+    return hashlib.sha256(audit.canonical_json(state).encode()).hexdigest()
+
+
+class EnvironmentEditor:
+    """The environment form and its three formsets, validated and saved together: one
+    transaction, one "environment.update" audit event whose details say what changed."""
+
+    def __init__(self, environment: Environment, data=None):
+        self.environment = environment
+        # A copy: validating a ModelForm writes the submitted values onto its instance, and
+        # the page shows the stored ones next to the form.
+        self.form = EnvironmentForm(
+            data,
+            instance=copy.copy(environment),
+            prefix="env",
+            initial={"loaded": fingerprint(environment)},
+        )
+        # Bound formsets get no initial rows: the post is the whole desired state, and an
+        # initial taken from a newer state would make blank extra rows look filled in.
+        unbound = data is None
+        freeze = [
+            {
+                "start": _local_input(w.get("start")),
+                "end": _local_input(w.get("end")),
+                "reason": w.get("reason", ""),
+            }
+            for w in environment.freeze_windows or []
+            if isinstance(w, dict)
+        ]
+        change = [w for w in environment.change_windows or [] if isinstance(w, dict)]
+        rules = [
+            {"group": r.group, "required_count": r.required_count}
+            for r in environment.approval_rules.select_related("group").order_by("group__name")
+        ]
+        self.freeze = FreezeWindowFormSet(
+            data, prefix="freeze", initial=freeze if unbound else None
+        )
+        self.change = ChangeWindowFormSet(
+            data, prefix="change", initial=change if unbound else None
+        )
+        self.rules = ApprovalRuleFormSet(data, prefix="rules", initial=rules if unbound else None)
+
+    def is_valid(self) -> bool:
+        results = [self.form.is_valid(), *(fs.is_valid() for fs in self.formsets)]
+        return all(results)
+
+    @property
+    def formsets(self):
+        return (self.freeze, self.change, self.rules)
+
+    @property
+    def has_errors(self) -> bool:
+        return bool(self.form.errors) or any(
+            fs.total_error_count() for fs in self.formsets if fs.is_bound
+        )
+
+    def save(self, *, actor) -> dict:
+        """Apply the edit; returns the changes recorded (empty: nothing changed). Raises
+        EnvironmentChanged when the environment changed since the form was loaded."""
+        data = self.form.cleaned_data
+        freeze = [f.as_window() for f in _kept(self.freeze)]
+        change = [f.as_window() for f in _kept(self.change)]
+        wanted = {
+            f.cleaned_data["group"]: f.cleaned_data["required_count"] for f in _kept(self.rules)
+        }
+        with transaction.atomic():
+            env = Environment.objects.select_for_update().get(pk=self.environment.pk)
+            if data.get("loaded") and data["loaded"] != fingerprint(env):
+                raise EnvironmentChanged(
+                    f"{env.name} was changed by someone else after you opened this page; "
+                    "nothing was saved. Reload the page to see the current settings."
+                )
+            changes: dict = {}
+            fields: list[str] = []
+            for name in EnvironmentForm.Meta.fields:
+                old, new = getattr(env, name), data[name]
+                if old != new:
+                    if name == "notify_webhook_url":
+                        # Webhook URLs often carry a token: the log says only that it changed.
+                        changes[name] = {"changed": True, "set": bool(new)}
+                    else:
+                        changes[name] = {"from": old, "to": new}
+                    setattr(env, name, new)
+                    fields.append(name)
+            for name, new in (("freeze_windows", freeze), ("change_windows", change)):
+                if (getattr(env, name) or []) != new:
+                    changes[name] = {"from": getattr(env, name) or [], "to": new}
+                    setattr(env, name, new)
+                    fields.append(name)
+            if fields:
+                env.save(update_fields=fields)
+            rules_changed = self._save_rules(env, wanted)
+            if rules_changed:
+                changes["approval_rules"] = rules_changed
+            if changes:
+                audit.record(actor, "environment.update", env, changes=changes)
+        self.environment.refresh_from_db()
+        return changes
+
+    @staticmethod
+    def _save_rules(env: Environment, wanted: dict) -> dict | None:
+        current = {r.group: r for r in env.approval_rules.select_related("group")}
+        before = {g.name: r.required_count for g, r in current.items()}
+        after = {g.name: n for g, n in wanted.items()}
+        if before == after:
+            return None
+        for group, rule in current.items():
+            if group not in wanted:
+                rule.delete()
+            elif rule.required_count != wanted[group]:
+                rule.required_count = wanted[group]
+                rule.save(update_fields=["required_count"])
+        for group, count in wanted.items():
+            if group not in current:
+                ApprovalRule.objects.create(environment=env, group=group, required_count=count)
+        return {"from": dict(sorted(before.items())), "to": dict(sorted(after.items()))}
+
+
+# --- audit log ---------------------------------------------------------------------------
+
+
+def _moment(value: str, *, end: bool) -> datetime:
+    """A date (a whole UTC day; as an end, inclusive) or an ISO 8601 date-time (no offset
+    means UTC)."""
+    value = value.strip()
+    try:
+        day = parse_date(value)
+        moment = None if day else parse_datetime(value.replace(" ", "T", 1))
+    except ValueError:
+        day = moment = None
+    if day is not None:
+        start = datetime.combine(day, time.min, tzinfo=UTC)
+        return start + timedelta(days=1) if end and day < date.max else start
+    if moment is None:
+        raise forms.ValidationError("Use YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC).")
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class AuditFilterForm(forms.Form):
+    """The audit log's filters, with the API's meaning (GET /api/v1/audit-events/): since is
+    inclusive, until exclusive (a date as `until` includes that whole day), actor exact,
+    action exact or a prefix ending in `*`, target TYPE or TYPE:ID, outcome."""
+
+    since = forms.CharField(
+        required=False,
+        max_length=40,
+        label="Since (UTC)",
+        widget=forms.TextInput(attrs={"placeholder": "2026-01-31", "autocomplete": "off"}),
+    )
+    until = forms.CharField(
+        required=False,
+        max_length=40,
+        label="Until (UTC)",
+        widget=forms.TextInput(attrs={"placeholder": "2026-02-01T12:00", "autocomplete": "off"}),
+    )
+    actor = forms.CharField(
+        required=False,
+        max_length=150,
+        widget=forms.TextInput(attrs={"placeholder": "username or system"}),
+    )
+    action = forms.CharField(
+        required=False,
+        max_length=64,
+        widget=forms.TextInput(attrs={"placeholder": "gate.approve or gate.*"}),
+    )
+    target = forms.CharField(
+        required=False,
+        max_length=130,
+        widget=forms.TextInput(attrs={"placeholder": "policy or policy:3"}),
+    )
+    outcome = forms.ChoiceField(
+        required=False, choices=[("", "any"), *Outcome.choices], label="Outcome"
+    )
+
+    def clean_since(self):
+        value = self.cleaned_data["since"]
+        return _moment(value, end=False) if value.strip() else None
+
+    def clean_until(self):
+        value = self.cleaned_data["until"]
+        return _moment(value, end=True) if value.strip() else None
+
+    def clean(self):
+        data = super().clean()
+        for name in ("actor", "action", "target"):
+            if "\x00" in (data.get(name) or ""):
+                self.add_error(name, "Not a valid value.")
+        since, until = data.get("since"), data.get("until")
+        if since and until and since >= until:
+            self.add_error("until", "Until must be after since.")
+        return data
+
+    def apply(self, qs):
+        """`qs` narrowed by the (valid) filters."""
+        data = self.cleaned_data
+        if data.get("since"):
+            qs = qs.filter(at__gte=data["since"])
+        if data.get("until"):
+            qs = qs.filter(at__lt=data["until"])
+        if data.get("actor", "").strip():
+            qs = qs.filter(actor_name=data["actor"].strip())
+        action = data.get("action", "").strip()
+        if action.endswith("*"):
+            qs = qs.filter(action__startswith=action[:-1])
+        elif action:
+            qs = qs.filter(action=action)
+        target = data.get("target", "").strip()
+        if target:
+            kind, _, ident = target.partition(":")
+            qs = qs.filter(target_type=kind)
+            if ident:
+                qs = qs.filter(target_id=ident)
+        if data.get("outcome"):
+            qs = qs.filter(outcome=data["outcome"])
+        return qs
