@@ -24,6 +24,7 @@ urlpatterns = [
         views.gate_override,
         name="gate_override",
     ),
+    path("gates/<int:gate_id>/", views.gate_redirect, name="gate"),
     path("approvals/", views.approvals, name="approvals"),
     path("approvals/count/", views.approvals_count, name="approvals_count"),
     path("accounts/tokens/", views.tokens, name="tokens"),

@@ -888,3 +888,12 @@ def tokens(request):
 
 def server_error(request):
     return render(request, "500.html", status=500)
+
+
+@login_required
+def gate_redirect(request, gate_id: int):
+    """/gates/<id>/ (the link in approval notifications): the gate's panel on its run page."""
+    gate = get_object_or_404(
+        restrict(Gate.objects.select_related("stage_run"), request.user), pk=gate_id
+    )
+    return redirect(f"{reverse('dashboard:run', args=[gate.stage_run.run_id])}#gate-panel")
