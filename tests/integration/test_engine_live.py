@@ -14,6 +14,7 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from governance import audit
+from governance.models import AuditEvent
 from orchestrator import actions
 from orchestrator.models import LogChunk, Run, RunStatus, StageStatus, StepRun, StepStatus, Team
 
@@ -163,27 +164,49 @@ def test_cancel_mid_step_kills_the_process_group(live_db, worker):
     assert step.status == StepStatus.CANCELED
 
 
+TWO_STEP_SLEEPER = """
+name: quick then long
+stages:
+  - name: quick
+    steps:
+      - name: quick
+        run: echo quick
+  - name: long
+    needs: [quick]
+    steps:
+      - name: sleep
+        run: echo "pid $$"; sleep 300 & wait
+"""
+
+
 def test_sigkill_of_worker_mid_step_does_not_leave_the_run_running(
     live_db, log_dir, tmp_path, worker, settings
 ):
-    # The step goes to a worker of its own (queue "doomed"); the session worker stays up to
+    # The steps go to a worker of their own (queue "doomed"); the session worker stays up to
     # run the reaper that beat schedules.
     settings.CLEARWAY = {**settings.CLEARWAY, "STEP_QUEUE": "doomed"}
     own = start_worker(live_db, log_dir, name="doomed", concurrency=1, queues="doomed")
     beat = start_beat(live_db, log_dir, tmp_path)
     try:
-        run = actions.trigger_run(_pipeline(SLEEPER), actor=_user(), trigger="api")
-        step = StepRun.objects.get(stage__run=run)
+        run = actions.trigger_run(_pipeline(TWO_STEP_SLEEPER), actor=_user(), trigger="api")
+        step = StepRun.objects.get(stage__run=run, name="sleep")
         wait_for(
             lambda: StepRun.objects.get(pk=step.pk).status == StepStatus.RUNNING,
             30,
-            what="the step to start",
+            what="the long step to start",
         )
         os.killpg(own.pid, signal.SIGKILL)
         _wait_run(run, {RunStatus.FAILED, RunStatus.SUCCEEDED, RunStatus.CANCELED}, timeout=60)
         step.refresh_from_db()
         assert run.status == RunStatus.FAILED
         assert "worker lost" in step.error
+        quick = StepRun.objects.get(stage__run=run, name="quick")
+        assert quick.status == StepStatus.SUCCEEDED
+        # The step reported successful before the crash was not executed again.
+        for action in ("step.start", "step.succeeded"):
+            events = AuditEvent.objects.filter(action=action, target_id=str(quick.pk))
+            assert events.count() == 1, action
+        assert audit.verify().ok
     finally:
         own.stop(signal.SIGKILL)
         beat.stop()
