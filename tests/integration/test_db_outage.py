@@ -9,7 +9,9 @@ import httpx
 import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
+from rest_framework.authtoken.models import Token
 
+from governance.models import Approval, ApprovalRule, Environment, Gate, GateStatus
 from orchestrator import actions
 from orchestrator.models import Run, RunStatus, Team
 
@@ -21,10 +23,11 @@ pytestmark = pytest.mark.integration
 DEFINITION = """
 name: outage
 stages:
-  - name: build
+  - name: deploy
+    environment: prod-outage
     steps:
-      - name: build
-        run: echo built
+      - name: deploy
+        run: echo deployed
 """
 
 
@@ -39,11 +42,23 @@ def test_database_outage_gives_503_and_changes_nothing(live_db, log_dir, setting
         group, _ = Group.objects.get_or_create(name="team-outage")
         team, _ = Team.objects.get_or_create(slug="outage", defaults={"name": "O", "group": group})
         user = User.objects.create_user(f"u-{uuid.uuid4().hex[:6]}", is_superuser=True)
+        sre, _ = Group.objects.get_or_create(name="sre")
+        user.groups.add(sre)
+        env, _ = Environment.objects.get_or_create(
+            name="prod-outage", defaults={"tier": "production", "protected": True}
+        )
+        ApprovalRule.objects.get_or_create(
+            environment=env, group=sre, defaults={"required_count": 1}
+        )
         pipeline = actions.create_pipeline(
             actor=user, slug=f"outage-{uuid.uuid4().hex[:6]}", definition=DEFINITION, team=team
         )
-        with actions.dispatching_to(lambda *a: None):  # no worker: the run stays queued
+        with actions.dispatching_to(lambda *a: None):  # no worker: nothing runs
             run = actions.trigger_run(pipeline, actor=user)
+        gate = Gate.objects.get(stage_run__run=run)
+        assert gate.status == GateStatus.WAITING
+        approver = User.objects.create_user(f"a-{uuid.uuid4().hex[:6]}")
+        approver.groups.add(sre, Group.objects.get(name="approver"))
         client = Client()
         client.force_login(user)
         cookies = {"sessionid": client.cookies["sessionid"].value}
@@ -51,11 +66,14 @@ def test_database_outage_gives_503_and_changes_nothing(live_db, log_dir, setting
             assert http.get("/accounts/tokens/").status_code == 200
             assert http.get(f"/api/v1/runs/{run.pk}/").status_code == 200
 
+            token = Token.objects.create(user=approver)
             proxy.cut()
             page = http.get("/accounts/tokens/")
             api = http.get(f"/api/v1/runs/{run.pk}/")
-            cancel = http.post(
-                f"/api/v1/runs/{run.pk}/cancel/", headers={"Authorization": "Token none"}
+            approve = http.post(
+                f"/api/v1/gates/{gate.pk}/approve/",
+                json={"comment": "ok"},
+                headers={"Authorization": f"Token {token.key}"},
             )
             health = http.get("/healthz")
             for response in (page, api):
@@ -64,7 +82,7 @@ def test_database_outage_gives_503_and_changes_nothing(live_db, log_dir, setting
                 assert "OperationalError" not in response.text
             assert "temporarily unavailable" in page.text
             assert api.json()["message"].startswith("the database is unavailable")
-            assert cancel.status_code in (401, 503)
+            assert approve.status_code == 503, approve.text[:300]
             assert health.status_code == 503
             assert health.json()["checks"]["database"]["ok"] is False
 
@@ -74,6 +92,9 @@ def test_database_outage_gives_503_and_changes_nothing(live_db, log_dir, setting
             )
             assert http.get(f"/api/v1/runs/{run.pk}/").status_code == 200
         run.refresh_from_db()
+        gate.refresh_from_db()
+        assert gate.status == GateStatus.WAITING  # the gate stayed closed
+        assert not Approval.objects.filter(gate=gate).exists()
         assert run.status not in (RunStatus.SUCCEEDED, RunStatus.CANCELED)
         assert Run.objects.filter(pk=run.pk, status=RunStatus.SUCCEEDED).count() == 0
     finally:
