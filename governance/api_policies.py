@@ -33,7 +33,7 @@ class ScopeSerializer(serializers.Serializer):
 
 
 class VersionSummarySerializer(serializers.ModelSerializer):
-    author = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    author = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = PolicyVersion
@@ -42,7 +42,7 @@ class VersionSummarySerializer(serializers.ModelSerializer):
 
 class PolicyVersionSerializer(serializers.ModelSerializer):
     policy = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    author = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    author = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = PolicyVersion
@@ -60,12 +60,14 @@ class PolicyVersionSerializer(serializers.ModelSerializer):
 
 class PolicySerializer(serializers.ModelSerializer):
     scope = serializers.SerializerMethodField()
-    current_version = VersionSummarySerializer(read_only=True)
+    current_version = VersionSummarySerializer(read_only=True, allow_null=True)
     version = serializers.IntegerField(
         source="current_version.number", read_only=True, allow_null=True
     )
     has_unpublished_changes = serializers.BooleanField(read_only=True)
-    updated_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    updated_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Policy
@@ -209,7 +211,9 @@ ErrorSerializer = inline_serializer(
     "PolicyError",
     {
         "message": serializers.CharField(),
+        # Absent when the body is not JSON at all (then the message says why).
         "errors": serializers.ListField(
+            required=False,
             child=inline_serializer(
                 "PolicyErrorItem",
                 {
@@ -218,7 +222,7 @@ ErrorSerializer = inline_serializer(
                     "column": serializers.IntegerField(allow_null=True),
                     "path": serializers.CharField(),
                 },
-            )
+            ),
         ),
     },
 )

@@ -7,6 +7,9 @@ from governance import api as governance_api
 from . import api
 
 router = DefaultRouter(trailing_slash=True)
+# No `.json` suffix variants: the API speaks JSON only, and the viewsets' own methods take no
+# `format` argument (every suffixed URL of them was a 500).
+router.include_format_suffixes = False
 router.register("pipelines", api.PipelineViewSet, basename="pipeline")
 router.register("runs", api.RunViewSet, basename="run")
 governance_api.register(router)

@@ -6,7 +6,7 @@ from .models import Pipeline, PipelineVersion, Run, StageRun, StepRun
 
 
 class PipelineVersionSerializer(serializers.ModelSerializer):
-    author = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    author = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = PipelineVersion
@@ -69,7 +69,7 @@ class GateRefSerializer(serializers.Serializer):
 
 
 class StageSerializer(serializers.ModelSerializer):
-    environment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    environment = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     steps = StepSerializer(many=True, read_only=True)
     gate = serializers.SerializerMethodField()
 
@@ -96,7 +96,9 @@ class StageSerializer(serializers.ModelSerializer):
 class RunSerializer(serializers.ModelSerializer):
     pipeline = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     version = serializers.IntegerField(source="version.number", read_only=True)
-    triggered_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    triggered_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Run
