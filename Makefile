@@ -41,7 +41,7 @@ lint: check
 	$(VENV)/bin/bandit -q -c pyproject.toml --severity-level high -r orchestrator governance dashboard
 
 test-fast: $(VENV)/.installed-dev
-	$(VENV)/bin/pytest -m "not integration and not browser" -q -p no:cacheprovider
+	$(VENV)/bin/pytest -m "not integration and not browser" -q -p no:cacheprovider -n 2
 
 test-integration: $(VENV)/.installed-dev browser-deps services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_AMQP_URL=$(TEST_AMQP_URL) \
