@@ -11,11 +11,15 @@ revoked access stops at the latest on reconnect.
 
 from __future__ import annotations
 
+import logging
+
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from governance import permissions
 from orchestrator import events
+
+logger = logging.getLogger(__name__)
 
 MAX_RUN_SUBSCRIPTIONS = 20  # a page watches one run; a bound keeps a client from hoarding groups
 
@@ -34,9 +38,27 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         await self.send_json({"type": "hello", "pipelines": sorted(self.pipeline_ids)})
 
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # A consumer that dies on a channel layer error (a Redis read timeout, a full
+            # connection pool) never gets to disconnect(): leave its groups anyway, or every
+            # later event is still routed to, and buffered in this process for, the dead
+            # channel until group_expiry (a day).
+            await self._leave_groups()
+
     async def disconnect(self, code):
-        for group in getattr(self, "groups_joined", set()):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self._leave_groups()
+
+    async def _leave_groups(self) -> None:
+        groups = getattr(self, "groups_joined", set())
+        while groups:
+            group = groups.pop()
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:  # one failure must not keep the other groups joined
+                logger.warning("could not leave %s", group, exc_info=True)
 
     async def receive_json(self, content, **kwargs):
         if not isinstance(content, dict):
