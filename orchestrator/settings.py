@@ -127,7 +127,16 @@ if REDIS_URL:
                 # redis-py 8 defaults to a 5 s socket timeout, the same as channels_redis's
                 # blocking wait for a consumer's next message: idle websockets then died
                 # every ~5 s. The socket must outlive the wait.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_keepalive": True}],
+                # redis-py's pool holds 100 connections by default: 200 live clients of one
+                # server process exhausted it (benchmarks/LIVE_RESULTS.md).
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 30,
+                        "socket_keepalive": True,
+                        "max_connections": 1000,
+                    }
+                ],
                 # A slow consumer loses messages silently past capacity; clients detect the
                 # gap through sequence numbers and re-read over HTTP, but keep it roomy.
                 "capacity": 1500,

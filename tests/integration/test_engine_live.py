@@ -182,10 +182,11 @@ stages:
 def test_sigkill_of_worker_mid_step_does_not_leave_the_run_running(
     live_db, log_dir, tmp_path, worker, settings
 ):
-    # The steps go to a worker of their own (queue "doomed"); the session worker stays up to
-    # run the reaper that beat schedules.
+    # The steps go to a worker of their own (queue "doomed"); a second worker of this test's
+    # own runs the reaper that beat schedules (on Celery's default queue).
     settings.CLEARWAY = {**settings.CLEARWAY, "STEP_QUEUE": "doomed"}
     own = start_worker(live_db, log_dir, name="doomed", concurrency=1, queues="doomed")
+    reaper = start_worker(live_db, log_dir, name="reaper", concurrency=1)
     beat = start_beat(live_db, log_dir, tmp_path)
     try:
         run = actions.trigger_run(_pipeline(TWO_STEP_SLEEPER), actor=_user(), trigger="api")
@@ -210,6 +211,7 @@ def test_sigkill_of_worker_mid_step_does_not_leave_the_run_running(
     finally:
         own.stop(signal.SIGKILL)
         beat.stop()
+        reaper.stop()
 
 
 def test_websocket_client_receives_status_events_in_sequence(live_db, worker, asgi_server):
