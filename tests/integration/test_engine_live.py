@@ -185,8 +185,13 @@ def test_sigkill_of_worker_mid_step_does_not_leave_the_run_running(
     # The steps go to a worker of their own (queue "doomed"); a second worker of this test's
     # own runs the reaper that beat schedules (on Celery's default queue).
     settings.CLEARWAY = {**settings.CLEARWAY, "STEP_QUEUE": "doomed"}
-    own = start_worker(live_db, log_dir, name="doomed", concurrency=1, queues="doomed")
-    reaper = start_worker(live_db, log_dir, name="reaper", concurrency=1)
+    # Every process that dispatches must send steps there: the test process (settings above)
+    # and the worker that finishes "quick" and queues "sleep".
+    queue_env = {"CLEARWAY_STEP_QUEUE": "doomed"}
+    own = start_worker(
+        live_db, log_dir, name="doomed", concurrency=1, queues="doomed", extra_env=queue_env
+    )
+    reaper = start_worker(live_db, log_dir, name="reaper", concurrency=1, extra_env=queue_env)
     beat = start_beat(live_db, log_dir, tmp_path)
     try:
         run = actions.trigger_run(_pipeline(TWO_STEP_SLEEPER), actor=_user(), trigger="api")
