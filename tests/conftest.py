@@ -185,6 +185,11 @@ def other_team(roles):
 def environments(roles) -> dict:
     """development and staging (open), production (protected: 2 from sre AND 1 from security;
     sre and security approve, sre overrides; approvals last 24 h; reminders after 60 min)."""
+    return build_environments(roles)
+
+
+def build_environments(groups) -> dict:
+    """The environments of the `environments` fixture, for worlds built outside a fixture."""
     from governance.models import ApprovalRule, Environment, Tier
 
     envs = {
@@ -206,14 +211,14 @@ def environments(roles) -> dict:
     }
     prod = envs["production"]
     ApprovalRule.objects.get_or_create(
-        environment=prod, group=roles["sre"], defaults={"required_count": 2}
+        environment=prod, group=groups["sre"], defaults={"required_count": 2}
     )
     ApprovalRule.objects.get_or_create(
-        environment=prod, group=roles["security"], defaults={"required_count": 1}
+        environment=prod, group=groups["security"], defaults={"required_count": 1}
     )
-    for group in (roles["sre"], roles["security"]):
-        assign_perm("governance.approve_environment", group, prod)
-    assign_perm("governance.override_environment", roles["sre"], prod)
+    for name in ("sre", "security"):
+        assign_perm("governance.approve_environment", groups[name], prod)
+    assign_perm("governance.override_environment", groups["sre"], prod)
     return envs
 
 

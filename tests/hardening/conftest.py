@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 from django.db import transaction
 
+from tests.conftest import build_environments
+
 ANON = "anonymous"
 ROLES = (
     ANON,
@@ -137,41 +139,6 @@ def _at_gate(pipeline, actor):
     return run, Gate.objects.get(stage_run__run=run)
 
 
-def _environments(groups) -> dict:
-    from guardian.shortcuts import assign_perm
-
-    from governance.models import ApprovalRule, Environment, Tier
-
-    envs = {
-        "development": Environment.objects.get_or_create(
-            name="development", defaults={"tier": Tier.DEVELOPMENT}
-        )[0],
-        "staging": Environment.objects.get_or_create(
-            name="staging", defaults={"tier": Tier.STAGING}
-        )[0],
-        "production": Environment.objects.get_or_create(
-            name="production",
-            defaults={
-                "tier": Tier.PRODUCTION,
-                "protected": True,
-                "approval_ttl_hours": 24,
-                "reminder_minutes": 60,
-            },
-        )[0],
-    }
-    prod = envs["production"]
-    ApprovalRule.objects.get_or_create(
-        environment=prod, group=groups["sre"], defaults={"required_count": 2}
-    )
-    ApprovalRule.objects.get_or_create(
-        environment=prod, group=groups["security"], defaults={"required_count": 1}
-    )
-    for name in ("sre", "security"):
-        assign_perm("governance.approve_environment", groups[name], prod)
-    assign_perm("governance.override_environment", groups["sre"], prod)
-    return envs
-
-
 def _policy(author, production):
     from governance.models import Policy, PolicyVersion
 
@@ -255,7 +222,7 @@ def build_world(*, gates: bool = True) -> World:
         user.groups.add(*(groups[n] for n in names))
         world.users[role] = user
         world.tokens[role] = Token.objects.get_or_create(user=user)[0].key
-    world.environments = _environments(groups)
+    world.environments = build_environments(groups)
     users = world.users
     with actions.dispatching_to(_no_dispatch):
         world.pipeline = actions.create_pipeline(
