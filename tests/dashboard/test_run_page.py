@@ -74,6 +74,9 @@ def test_logs_are_rendered_escaped_with_colours(make_run, developer, client_for)
     assert f'class="log-line log-stderr" id="s{step.pk}-L2"' in body
     assert '<span class="log-time" title="2026-11-24T10:00:00.123Z">10:00:00</span>' in body
     assert "plain line" in body
+    assert f'<a class="log-lineno" href="#s{step.pk}-L3">3</a>plain line</div>' in body
+    # A step without output says so (the others of this run printed nothing).
+    assert "No output yet." in body
     assert re.search(rf'data-step-id="{step.pk}".*?data-next-offset="3"', body, re.S)
 
 
