@@ -3,10 +3,16 @@
 `record()` must be called inside the transaction of the change it records, so the change and
 its audit row commit or roll back together. Appends lock the chain-head row, which serializes
 them: every row's prev_hash is the hash of the row before it, with no gaps or forks.
+
+Inside `batch()` (the engine's transitions use it), `record()` keeps its rows and the block's
+end appends them all at once, still inside the caller's transaction: one chain-head lock, one
+multi-row INSERT, one head update — and the head is locked only from there to the commit
+instead of from the first record on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from .models import AuditChainHead, AuditEvent, Outcome
@@ -90,6 +96,30 @@ def record(
     target_type, target_id, target_name = _describe_target(target)
     # JSON round trip now, so the hash covers exactly what the database will give back.
     details = json.loads(canonical_json(details))
+    event = AuditEvent(
+        at=(at or timezone.now()).astimezone(UTC),
+        actor_id=actor_id,
+        actor_name=actor_name[:150],
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        target_name=target_name,
+        outcome=outcome,
+        details=details,
+        request_id=ctx.get("request_id", ""),
+        ip=ctx.get("ip"),
+    )
+    pending = _batch.get()
+    if pending is not None and pending.keep(event):
+        return event  # seq and hash are filled in when the batch is appended
+    _append([event])
+    return event
+
+
+def _append(events: list[AuditEvent]) -> None:
+    """Chain `events` (in this order) onto the head and insert them."""
+    if not events:
+        return
     # No savepoint: the caller's transaction (or this one) is the unit; an append either
     # commits with the change it records or not at all.
     with transaction.atomic(savepoint=False):
@@ -97,26 +127,75 @@ def record(
         if head is None:
             head = AuditChainHead.objects.create(pk=1)
             head = AuditChainHead.objects.select_for_update().get(pk=1)
-        event = AuditEvent(
-            seq=head.seq + 1,
-            at=(at or timezone.now()).astimezone(UTC),
-            actor_id=actor_id,
-            actor_name=actor_name[:150],
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            target_name=target_name,
-            outcome=outcome,
-            details=details,
-            request_id=ctx.get("request_id", ""),
-            ip=ctx.get("ip"),
-            prev_hash=head.hash,
-        )
-        event.hash = compute_hash(event.prev_hash, row_payload(event))
-        event.save(force_insert=True)
-        head.seq, head.hash = event.seq, event.hash
+        seq, prev = head.seq, head.hash
+        for event in events:
+            seq += 1
+            event.seq, event.prev_hash = seq, prev
+            event.hash = prev = compute_hash(prev, row_payload(event))
+        if len(events) == 1:
+            events[0].save(force_insert=True)
+        else:
+            AuditEvent.objects.bulk_create(events)
+        head.seq, head.hash = seq, prev
         head.save(update_fields=["seq", "hash"])
-    return event
+
+
+class _Batch:
+    """Rows recorded inside `batch()`, in call order. A row recorded inside a savepoint nested
+    in the batch's transaction leaves a marker in Django's on-commit list; a rollback to that
+    savepoint removes the marker, and the row is dropped with the change it recorded."""
+
+    def __init__(self) -> None:
+        self.depth = len(connection.savepoint_ids)
+        self.rows: list[tuple[AuditEvent, Any]] = []
+        self.closed = False
+
+    def keep(self, event: AuditEvent) -> bool:
+        if self.closed or not connection.in_atomic_block:
+            return False
+        marker = None
+        if len(connection.savepoint_ids) > self.depth:
+            marker = _marker()
+            transaction.on_commit(marker)
+        self.rows.append((event, marker))
+        return True
+
+    def survivors(self) -> list[AuditEvent]:
+        live = {id(func) for _, func, _ in connection.run_on_commit}
+        return [e for e, m in self.rows if m is None or id(m) in live]
+
+
+def _marker():
+    def rolled_back_with_its_savepoint_if_missing() -> None:
+        pass
+
+    return rolled_back_with_its_savepoint_if_missing
+
+
+_batch: contextvars.ContextVar[_Batch | None] = contextvars.ContextVar(
+    "clearway_audit_batch", default=None
+)
+
+
+@contextlib.contextmanager
+def batch():
+    """Collect the rows `record()` is given inside the block and append them when the block
+    ends without an exception. Use it inside the transaction of the changes, as its innermost
+    block (`with transaction.atomic(), audit.batch():`) so that an exception rolls back the
+    changes and drops their rows together. A nested batch joins the outer one."""
+    if _batch.get() is not None:
+        yield
+        return
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit.batch() must be used inside a transaction")
+    pending = _Batch()
+    token = _batch.set(pending)
+    try:
+        yield
+    finally:
+        pending.closed = True
+        _batch.reset(token)
+    _append(pending.survivors())  # not reached after an exception: nothing is written
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """Verbs that change orchestration state. Each runs in one transaction, writes its audit
 row(s) through governance.audit.record and publishes live events after commit; work for the
-workers is dispatched after commit too (a task never sees uncommitted rows)."""
+workers is dispatched after commit too (a task never sees uncommitted rows).
+
+The run-state verbs use `_transition()`: their audit rows and events are written at the end
+of the transaction in one go (audit.batch, events.batch) — a handful of statements instead of
+four per audit row and one per event."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from governance import audit
@@ -76,10 +81,62 @@ def dispatch_after_commit(outcome: engine.Outcome) -> None:
     send = _dispatcher()
 
     def go() -> None:
+        if any(not item.countdown for item in items):
+            # The transaction's events first: the worker that takes the step publishes the
+            # run's next ones from its own process, and must not overtake them.
+            events.wait_sent()
         for item in items:
             send(item.step_id, item.attempt, item.countdown)
 
     transaction.on_commit(go)
+
+
+@contextlib.contextmanager
+def _transition():
+    """One transaction whose audit rows and events are appended when it ends (the events
+    first: the run row is locked by then; then the audit chain head, held until commit)."""
+    with transaction.atomic(), audit.batch(), events.batch():
+        yield
+
+
+def _lock_run_of_step(step_id: int, known: Run | None = None) -> Run | None:
+    """The run of a step, locked (only the run row: FOR UPDATE OF), with its pipeline.
+    `known`: the run as the caller (the step's executor) already has it, pipeline included —
+    then only the run row is read again."""
+    if known is not None and Run.pipeline.is_cached(known):
+        try:
+            run = Run.objects.select_for_update().get(pk=known.pk)
+        except Run.DoesNotExist:
+            return None
+        run.pipeline = known.pipeline  # its slug names the run in the audit log
+        return run
+    return (
+        Run.objects.select_for_update(of=("self",))
+        .select_related("pipeline")
+        .filter(stages__steps__pk=step_id)
+        .first()
+    )
+
+
+def _stages_and_steps(run: Run, step_id: int) -> tuple[list[StageRun], list[StepRun]]:
+    """The stages of a run (locked by the caller), the steps of those that have not ended —
+    all the engine looks at — and step `step_id` whatever its stage."""
+    stages = list(run.stages.order_by("position"))
+    # Environments only for the stages that may still start or run (the gate, the step's
+    # environment variables): most pipelines have none, and the join costs on every finish.
+    wanted = {s.environment_id for s in stages if s.environment_id and not s.is_terminal}
+    if wanted:
+        environments = Environment.objects.in_bulk(wanted)
+        for stage in stages:
+            if stage.environment_id in environments:
+                stage.environment = environments[stage.environment_id]
+    # By stage id, not by a join on the run: an index scan whatever the table's size. Ordered
+    # by position explicitly: StepRun's default ordering joins stage and run to sort.
+    open_stages = [s.pk for s in stages if not s.is_terminal]
+    steps = list(
+        StepRun.objects.filter(Q(stage_id__in=open_stages) | Q(pk=step_id)).order_by("position")
+    )
+    return stages, steps
 
 
 def workspace_for(run_id: int) -> Path:
@@ -92,8 +149,15 @@ def _cleanup_after_commit(run: Run) -> None:
         transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
 
 
-def _advance_locked(run: Run, now: datetime | None = None) -> engine.Outcome:
-    outcome = engine.advance(run, now=now)
+def _advance_locked(
+    run: Run,
+    now: datetime | None = None,
+    *,
+    stages: list[StageRun] | None = None,
+    steps: list[StepRun] | None = None,
+    claim_for: str = "",
+) -> engine.Outcome:
+    outcome = engine.advance(run, now=now, stages=stages, steps=steps, claim_for=claim_for)
     dispatch_after_commit(outcome)
     _cleanup_after_commit(run)
     return outcome
@@ -101,7 +165,7 @@ def _advance_locked(run: Run, now: datetime | None = None) -> engine.Outcome:
 
 def advance_run(run_id: int, *, now: datetime | None = None) -> Run | None:
     """Re-examine a run (after a gate decision, by the reaper, ...)."""
-    with transaction.atomic():
+    with _transition():
         run = Run.objects.select_for_update().filter(pk=run_id).first()
         if run is None or run.is_terminal:
             return run
@@ -238,7 +302,7 @@ def trigger_run(
         raise ActionError("the pipeline has no definition yet")
     params = spec.validate_parameters(version.spec, parameters or {})
     envs = {e.name: e for e in Environment.objects.all()}
-    with transaction.atomic():
+    with _transition():
         # FOR NO KEY UPDATE, not FOR UPDATE: a worker's commit takes FOR KEY SHARE on this
         # row (PostgreSQL re-checks a run's pipeline foreign key when the run row was updated
         # twice in one transaction) while it holds the audit chain head we want next — with
@@ -257,7 +321,7 @@ def trigger_run(
             created_at=now,
             retry_of=retry_of,
         )
-        _create_stages(run, version.spec, envs)
+        stages, steps = _create_stages(run, version.spec, envs)
         audit.record(
             actor,
             "run.trigger",
@@ -269,12 +333,12 @@ def trigger_run(
             retry_of=retry_of.pk if retry_of else None,
         )
         events.publish_run(run)
-        run = Run.objects.select_for_update().get(pk=run.pk)
-        _advance_locked(run, now)
+        # The new rows are this transaction's: no other one sees them before the commit.
+        _advance_locked(run, now, stages=stages, steps=steps)
     return run
 
 
-def _create_stages(run: Run, parsed: dict, envs: dict) -> None:
+def _create_stages(run: Run, parsed: dict, envs: dict) -> tuple[list[StageRun], list[StepRun]]:
     stages = []
     for position, stage_spec in enumerate(parsed["stages"]):
         env_name = stage_spec.get("environment")
@@ -303,13 +367,14 @@ def _create_stages(run: Run, parsed: dict, envs: dict) -> None:
         for step_position, step_spec in enumerate(stage_spec["steps"])
     ]
     StepRun.objects.bulk_create(steps)
+    return stages, steps
 
 
 def cancel_run(run: Run, *, actor, reason: str = "", now: datetime | None = None) -> Run:
     """Cancel what has not finished. Running steps are marked canceled here; their executor
     notices on its next status poll and kills the whole process group."""
     now = now or timezone.now()
-    with transaction.atomic():
+    with _transition():
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.is_terminal:
             raise ActionError(f"run #{run.number} already ended ({run.status})")
@@ -361,38 +426,32 @@ def retry_run(run: Run, *, actor, now: datetime | None = None) -> Run:
 
 def claim_step(step_id: int, attempt: int, *, worker: str) -> StepRun | None:
     """Claim a queued step for this worker. The conditional UPDATE makes a redelivered or
-    duplicated task message harmless: only one claim of (step, attempt) can succeed."""
-    now = timezone.now()
-    claimed = StepRun.objects.filter(
-        pk=step_id, status=StepStatus.QUEUED, attempt=attempt
-    ).update(
-        status=StepStatus.RUNNING,
-        started_at=now,
-        finished_at=None,  # a retried attempt starts afresh
-        heartbeat_at=now,
-        worker=worker[:200],
-        exit_code=None,
-        error="",
-    )
-    if claimed != 1:
-        return None
-    with transaction.atomic():
-        step = StepRun.objects.select_related("stage__run__pipeline").get(pk=step_id)
-        run = Run.objects.select_for_update().get(pk=step.stage.run_id)
-        # Hand the locked rows their relations: audit names (str()), events and the
-        # executor's environment read them, each read otherwise one more query.
-        run.pipeline = step.stage.run.pipeline
-        stage = StageRun.objects.select_for_update().get(pk=step.stage_id)
-        stage.run = step.stage.run = run
-        if stage.status == StageStatus.QUEUED:
-            stage.set_status(StageStatus.RUNNING, now=now)
-            audit.record(None, "stage.running", stage, at=now, run=run.pk)
-            events.publish_stage(stage, run)
-        if run.status == RunStatus.QUEUED:
-            run.set_status(RunStatus.RUNNING, now=now)
-            events.publish_run(run)
-        audit.record(None, "step.start", step, at=now, run=run.pk, attempt=attempt, worker=worker)
-        events.publish_step(step, run)
+    duplicated task message harmless: only one claim of (step, attempt) can succeed. It runs
+    with the run row locked, like every other change of a step's status, so the run's other
+    writers never see a half-made claim."""
+    with _transition():
+        run = _lock_run_of_step(step_id)
+        if run is None:
+            return None
+        now = timezone.now()
+        claimed = StepRun.objects.filter(
+            pk=step_id, status=StepStatus.QUEUED, attempt=attempt
+        ).update(
+            status=StepStatus.RUNNING,
+            started_at=now,
+            finished_at=None,  # a retried attempt starts afresh
+            heartbeat_at=now,
+            worker=worker[:200],
+            exit_code=None,
+            error="",
+        )
+        if claimed != 1:
+            return None
+        # Hand the rows their relations: audit names (str()), events and the executor's
+        # environment read them, each read otherwise one more query.
+        step = StepRun.objects.select_related("stage__environment").get(pk=step_id)
+        step.stage.run = run
+        engine.start_step(step, step.stage, run, worker=worker, now=now)
     return step
 
 
@@ -404,24 +463,63 @@ def finish_step(
     exit_code: int | None = None,
     error: str = "",
     now: datetime | None = None,
+    log=None,
 ) -> StepRun | None:
     """Record a step's outcome and advance the run. A failure with attempts left re-queues
     the step with backoff. Ignored when the step is no longer this attempt's (canceled,
-    reaped) — the first word wins."""
+    reaped) — the first word wins. `log` (the step's executors.LogWriter) writes its last
+    lines in the same transaction."""
+    step, _ = _finish(step_id, attempt, succeeded, exit_code, error, now, log, "")
+    return step
+
+
+def finish_step_and_claim_next(
+    step_id: int,
+    attempt: int,
+    *,
+    worker: str,
+    succeeded: bool,
+    exit_code: int | None = None,
+    error: str = "",
+    log=None,
+) -> StepRun | None:
+    """finish_step, and in the same transaction claim for `worker` the first step of the run
+    that becomes ready (without a countdown) — returned, to be executed by the caller right
+    away. Other ready steps are dispatched to workers as usual."""
+    _, claimed = _finish(step_id, attempt, succeeded, exit_code, error, None, log, worker)
+    return claimed
+
+
+def _finish(
+    step_id: int,
+    attempt: int,
+    succeeded: bool,
+    exit_code: int | None,
+    error: str,
+    now: datetime | None,
+    log,
+    claim_for: str,
+) -> tuple[StepRun | None, StepRun | None]:
     now = now or timezone.now()
-    with transaction.atomic():
-        seen = StepRun.objects.filter(pk=step_id).select_related("stage__run__pipeline").first()
-        if seen is None:
-            return None
-        run = Run.objects.select_for_update().get(pk=seen.stage.run_id)
-        run.pipeline = seen.stage.run.pipeline  # as in claim_step: no lazy reads
-        step = StepRun.objects.select_for_update().get(pk=step_id)
-        step.stage = seen.stage  # read before the lock; only its name is used
-        step.stage.run = run
+    known = log.step.stage.run if log is not None and log.step.pk == step_id else None
+    with _transition():
+        run = _lock_run_of_step(step_id, known)
+        if run is None:
+            return None, None
+        # Read after the lock: every change of a stage's or a step's status holds it, so
+        # these are current, and the engine need not read them again.
+        stages, steps = _stages_and_steps(run, step_id)
+        step = next((s for s in steps if s.pk == step_id), None)
+        if step is None:
+            return None, None
+        step.stage = next(s for s in stages if s.pk == step.stage_id)
+        fields = log.write_locked(step) if log is not None else []
         if step.status != StepStatus.RUNNING or step.attempt != attempt:
+            if fields:
+                step.save(update_fields=fields)
             if not run.is_terminal:
-                _advance_locked(run, now)
-            return step
+                _advance_locked(run, now, stages=stages, steps=steps)
+            return step, None
         step.exit_code = exit_code
         step.error = error[:4000]
         step.finished_at = now
@@ -433,7 +531,9 @@ def finish_step(
             step.status = StepStatus.PENDING  # engine.queue_step re-queues it below
         else:
             step.status = StepStatus.FAILED
-        step.save(update_fields=["exit_code", "error", "finished_at", "heartbeat_at", "status"])
+        step.save(
+            update_fields=["exit_code", "error", "finished_at", "heartbeat_at", "status", *fields]
+        )
         audit.record(
             None,
             "step.succeeded" if succeeded else "step.failed",
@@ -454,8 +554,8 @@ def finish_step(
                 None, "step.retry", step, at=now, run=run.pk, attempt=step.attempt, backoff=backoff
             )
             dispatch_after_commit(outcome)
-        _advance_locked(run, now)
-    return step
+        advanced = _advance_locked(run, now, stages=stages, steps=steps, claim_for=claim_for)
+    return step, advanced.claimed
 
 
 def heartbeat(step_id: int, attempt: int, *, write: bool = True) -> bool:

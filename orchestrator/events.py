@@ -9,17 +9,23 @@ Groups: "pipeline.<id>" receives status events of the pipeline's runs; "run.<id>
 the log lines of one run. Delivery is fire-and-forget from one sender loop per process, which
 keeps events in order. In standalone mode the sender is the web server's own loop, because
 the in-memory channel layer is not thread-safe (see docs/architecture.md).
+
+Inside `batch()` (the engine's transitions use it, with the run row already locked), events
+are numbered when the block ends: one `event_seq = event_seq + n` for all of them, in the
+order they were published, instead of one UPDATE each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import os
 import threading
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +74,9 @@ class _Sender:
         layer = get_channel_layer()
         while True:
             group, message = await queue.get()
+            if group is None:  # a marker (see `mark`): everything before it was sent
+                message.set()
+                continue
             try:
                 await layer.group_send(group, message)
             except Exception:  # a lost event is recovered by clients re-reading over HTTP
@@ -102,6 +111,23 @@ class _Sender:
 
         loop.call_soon_threadsafe(put)
 
+    def mark(self) -> threading.Event:
+        """An event set once everything handed to `send` before this call was sent."""
+        done = threading.Event()
+        with self.lock:
+            if not self.bound and (self.loop is None or self.pid != os.getpid()):
+                done.set()  # this process has sent nothing yet
+                return done
+            loop = self.loop
+
+        def put() -> None:
+            if self.queue is None:
+                self._start_drain()
+            self.queue.put_nowait((None, done))
+
+        loop.call_soon_threadsafe(put)
+        return done
+
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything queued so far was handed to the channel layer (tests)."""
         if self.loop is None:
@@ -125,19 +151,17 @@ def bind_loop(loop: asyncio.AbstractEventLoop) -> None:
     sender.bind(loop)
 
 
-def _next_seq(run_id: int) -> int:
-    """The run's next sequence number, in one statement (the row stays locked until commit,
-    so sequence order is commit order)."""
-    from django.db import connection
-
+def _take_seqs(run_id: int, count: int = 1) -> int:
+    """Reserve `count` sequence numbers of the run in one statement; returns the last. The
+    row stays locked until commit, so sequence order is commit order."""
     from .models import Run
 
     table = connection.ops.quote_name(Run._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET event_seq = event_seq + 1 WHERE id = %s "  # noqa: S608
+            f"UPDATE {table} SET event_seq = event_seq + %s WHERE id = %s "  # noqa: S608
             "RETURNING event_seq",
-            [run_id],
+            [count, run_id],
         )
         row = cursor.fetchone()
     if row is None:
@@ -145,14 +169,132 @@ def _next_seq(run_id: int) -> int:
     return row[0]
 
 
+def _next_seq(run_id: int) -> int:
+    return _take_seqs(run_id, 1)
+
+
 def _emit(groups: list[str], event: dict[str, Any]) -> None:
+    """Send a numbered event after commit (on-commit callbacks run in registration order;
+    a batch's events go out with the batch, see _Batch.deliver)."""
     message = {"type": "clearway.event", "event": event}
+    outbox = _outbox.get()
+    if outbox is not None:
+        outbox.append((groups, message))
+        return
 
     def send() -> None:
         for group in groups:
             sender.send(group, message)
 
     transaction.on_commit(send)
+
+
+_outbox: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "clearway_events_outbox", default=None
+)
+
+
+def wait_sent(timeout: float = 0.5) -> bool:
+    """Wait until the events this process handed to the sender so far were sent (the
+    channel layer has them). Called after commit before dispatching a step: the worker that
+    takes it publishes the run's next events from another process, which must not overtake
+    these. Bounded: a stuck channel layer delays a dispatch by `timeout` at most."""
+    return sender.mark().wait(timeout)
+
+
+class _Batch:
+    """Events published inside `batch()`, in call order, without their sequence numbers yet.
+    As in governance.audit: an event published inside a savepoint nested in the batch's
+    transaction is dropped if that savepoint rolls back."""
+
+    def __init__(self) -> None:
+        self.depth = len(connection.savepoint_ids)
+        self.items: list[tuple[int, list[str], dict, Any]] = []
+        self.runs: dict[int, Any] = {}  # Run objects to hand their new event_seq
+        self.closed = False
+        self.outbox: list[tuple[list[str], dict]] = []
+        # Registered first, so that after commit the events are handed to the sender before
+        # anything the transaction registers later (the dispatch of steps: see wait_sent).
+        transaction.on_commit(self.deliver)
+
+    def deliver(self) -> None:
+        for groups, message in self.outbox:
+            for group in groups:
+                sender.send(group, message)
+
+    def keep(self, run_id: int, groups: list[str], event: dict, run=None) -> bool:
+        if self.closed or not connection.in_atomic_block:
+            return False
+        if run is not None:
+            self.runs[run_id] = run
+        marker = None
+        if len(connection.savepoint_ids) > self.depth:
+
+            def marker() -> None:
+                pass
+
+            transaction.on_commit(marker)
+        self.items.append((run_id, groups, event, marker))
+        return True
+
+    def flush(self) -> None:
+        live = {id(func) for _, func, _ in connection.run_on_commit}
+        items = [i for i in self.items if i[3] is None or id(i[3]) in live]
+        if not items:
+            return
+        counts: dict[int, int] = {}
+        for run_id, *_ in items:
+            counts[run_id] = counts.get(run_id, 0) + 1
+        # Runs in id order: two batches touching the same runs lock them in the same order.
+        following = {run_id: _take_seqs(run_id, n) - n + 1 for run_id, n in sorted(counts.items())}
+        token = _outbox.set(self.outbox)
+        try:
+            for run_id, groups, event, _ in items:
+                event["seq"] = following[run_id]
+                following[run_id] += 1
+                _emit(groups, event)
+        finally:
+            _outbox.reset(token)
+        for run_id, run in self.runs.items():
+            if run_id in following:
+                run.event_seq = following[run_id] - 1
+
+
+_batch: contextvars.ContextVar[_Batch | None] = contextvars.ContextVar(
+    "clearway_events_batch", default=None
+)
+
+
+@contextlib.contextmanager
+def batch():
+    """Number the events published inside the block when it ends without an exception, with
+    one UPDATE per run, and send them after commit in publication order. Use it inside the
+    transaction, after the run row is locked, as an innermost block (see audit.batch)."""
+    if _batch.get() is not None:
+        yield
+        return
+    if not connection.in_atomic_block:
+        raise RuntimeError("events.batch() must be used inside a transaction")
+    pending = _Batch()
+    token = _batch.set(pending)
+    try:
+        yield
+    finally:
+        pending.closed = True
+        _batch.reset(token)
+    pending.flush()  # not reached after an exception
+
+
+def _publish(run_id: int, groups: list[str], event: dict[str, Any], run=None) -> None:
+    """Number `event` (now, or at the end of the current batch) and send it after commit.
+    `run`, when given, is told its new event_seq."""
+    pending = _batch.get()
+    if pending is not None and pending.keep(run_id, groups, event, run):
+        return
+    event["seq"] = _next_seq(run_id)
+    if run is not None:
+        run.event_seq = event["seq"]
+    _emit(groups, event)
 
 
 def _iso(value) -> str | None:
@@ -172,15 +314,15 @@ def run_payload(run) -> dict:
 
 
 def publish_run(run) -> None:
-    seq = _next_seq(run.pk)
-    _emit(
+    _publish(
+        run.pk,
         [pipeline_group(run.pipeline_id)],
-        {"type": "run.updated", "run": run.pk, "seq": seq, "data": run_payload(run)},
+        {"type": "run.updated", "run": run.pk, "seq": None, "data": run_payload(run)},
+        run,
     )
 
 
 def publish_stage(stage, run) -> None:
-    seq = _next_seq(run.pk)
     data = {
         "id": stage.pk,
         "name": stage.name,
@@ -189,14 +331,15 @@ def publish_stage(stage, run) -> None:
         "started_at": _iso(stage.started_at),
         "finished_at": _iso(stage.finished_at),
     }
-    _emit(
+    _publish(
+        run.pk,
         [pipeline_group(run.pipeline_id)],
-        {"type": "stage.updated", "run": run.pk, "seq": seq, "data": data},
+        {"type": "stage.updated", "run": run.pk, "seq": None, "data": data},
+        run,
     )
 
 
 def publish_step(step, run) -> None:
-    seq = _next_seq(run.pk)
     data = {
         "id": step.pk,
         "stage": step.stage_id,
@@ -208,14 +351,15 @@ def publish_step(step, run) -> None:
         "started_at": _iso(step.started_at),
         "finished_at": _iso(step.finished_at),
     }
-    _emit(
+    _publish(
+        run.pk,
         [pipeline_group(run.pipeline_id)],
-        {"type": "step.updated", "run": run.pk, "seq": seq, "data": data},
+        {"type": "step.updated", "run": run.pk, "seq": None, "data": data},
+        run,
     )
 
 
 def publish_gate(gate, run) -> None:
-    seq = _next_seq(run.pk)
     data = {
         "id": gate.pk,
         "stage": gate.stage_run_id,
@@ -223,20 +367,22 @@ def publish_gate(gate, run) -> None:
         "environment": gate.environment.name,
         "reason": gate.reason,
     }
-    _emit(
+    _publish(
+        run.pk,
         [pipeline_group(run.pipeline_id)],
-        {"type": "gate.updated", "run": run.pk, "seq": seq, "data": data},
+        {"type": "gate.updated", "run": run.pk, "seq": None, "data": data},
+        run,
     )
 
 
 def publish_log(step, run_id: int, offset: int, lines: list[str]) -> None:
-    seq = _next_seq(run_id)
-    _emit(
+    _publish(
+        run_id,
         [run_group(run_id)],
         {
             "type": "log",
             "run": run_id,
-            "seq": seq,
+            "seq": None,
             "data": {"step": step.pk, "offset": offset, "lines": lines},
         },
     )

@@ -35,10 +35,20 @@ MAX_LINE_CHARS = 8192
 # Process groups started by this process, so a shutting-down standalone server can stop them.
 _running: set[subprocess.Popen] = set()
 _running_lock = threading.Lock()
+# Set when this process shuts down: a chain (see execute_step) claims no further step.
+_stopping = threading.Event()
+# A chain (see execute_step) claims no further step after this many seconds.
+CHAIN_SECONDS = 30.0
+
+
+def stop_chaining() -> None:
+    """From now on, an executor that finishes a step lets the next one go to the broker."""
+    _stopping.set()
 
 
 def kill_running_steps() -> int:
     """Stop every step process group this process started; returns how many."""
+    stop_chaining()
     with _running_lock:
         procs = list(_running)
     for proc in procs:
@@ -121,6 +131,23 @@ class LogWriter:
                 log_truncated=self.truncated,
             )
         self.offset += len(lines)
+
+    def write_locked(self, step: StepRun) -> list[str]:
+        """Write what is buffered inside the caller's transaction, which holds the run row
+        (actions.finish_step: the last lines and the step's outcome commit together). Sets
+        the step's log counters; returns the fields the caller saves with it."""
+        if not self.buffer:
+            return []
+        lines, self.buffer = self.buffer, []
+        events.publish_log(step, self.run_id, self.offset, lines)
+        LogChunk.objects.create(
+            step=step, offset=self.offset, line_count=len(lines), text="\n".join(lines)
+        )
+        self.offset += len(lines)
+        step.log_lines += len(lines)  # `step` was read under the lock: as F() + n
+        step.log_bytes = self.bytes
+        step.log_truncated = self.truncated
+        return ["log_lines", "log_bytes", "log_truncated"]
 
 
 class Pulse:
@@ -348,27 +375,51 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def execute_step(step_id: int, attempt: int) -> None:
-    """Claim and run one attempt of a step, then record its outcome."""
-    step = actions.claim_step(step_id, attempt, worker=worker_name())
-    if step is None:
-        return  # not ours: already claimed, canceled, reaped or gone
+def execute_step(step_id: int, attempt: int, *, chain: int = 0) -> None:
+    """Claim and run one attempt of a step, then record its outcome.
+
+    With `chain` > 0 (the Celery task), the worker goes on with up to `chain` more steps of
+    the same run: the transaction that records a step's outcome also claims the first step
+    that became ready for this worker (actions.finish_step_and_claim_next), which then runs
+    here without a round trip through the broker. Any other step that became ready at the
+    same time is dispatched to the workers as usual, so parallel stages still run in
+    parallel. A chain claims no further step once it has run for CHAIN_SECONDS: long steps
+    go through the broker (where the round trip does not matter), and a worker's warm
+    shutdown — which waits for the task — is never held up by more than one step."""
+    worker = worker_name()
+    deadline = time.monotonic() + CHAIN_SECONDS
+    step = actions.claim_step(step_id, attempt, worker=worker)
+    while step is not None:
+        go_on = chain > 0 and not _stopping.is_set() and time.monotonic() < deadline
+        step = _run_claimed(step, worker if go_on else "")
+        chain -= 1
+
+
+def _run_claimed(step: StepRun, claim_next_for: str) -> StepRun | None:
+    """Run a claimed step and record its outcome; returns the next step claimed for
+    `claim_next_for` in the same transaction, if any."""
     stage = step.stage
     run = stage.run
     log = LogWriter(step, run.pk)
-    if attempt > 1:
-        log.add(f"[clearway] attempt {attempt} of {step.max_attempts}")
+    if step.attempt > 1:
+        log.add(f"[clearway] attempt {step.attempt} of {step.max_attempts}")
     try:
         runner = run_http if step.kind == "http" else run_command
         result = runner(step, run, stage, log)
     except Exception as exc:  # an executor bug must fail the step, not leave it running
         result = Result(False, None, f"executor error: {exc.__class__.__name__}: {exc}")
-    finally:
+    except BaseException:  # the worker is going down: keep what the step printed
         log.flush()
-    actions.finish_step(
-        step_id,
-        attempt,
-        succeeded=result.succeeded,
-        exit_code=result.exit_code,
-        error=result.error,
-    )
+        raise
+    outcome = {
+        "succeeded": result.succeeded,
+        "exit_code": result.exit_code,
+        "error": result.error,
+        "log": log,  # its last lines are written with the outcome, in one transaction
+    }
+    if claim_next_for:
+        return actions.finish_step_and_claim_next(
+            step.pk, step.attempt, worker=claim_next_for, **outcome
+        )
+    actions.finish_step(step.pk, step.attempt, **outcome)
+    return None

@@ -195,10 +195,11 @@ class Run(models.Model):
             return self.finished_at - self.started_at
         return None
 
-    def set_status(self, status: str, *, reason: str = "", now=None) -> None:
-        """Move to `status`; terminal runs never move again."""
+    def set_status(self, status: str, *, reason: str = "", now=None, save: bool = True) -> list:
+        """Move to `status`; terminal runs never move again. Returns the changed fields
+        (saved unless `save` is false: the caller writes them)."""
         if self.status == status:
-            return
+            return []
         if self.is_terminal:
             raise IllegalTransition(f"run {self.pk} is {self.status}; cannot become {status}")
         now = now or timezone.now()
@@ -216,7 +217,9 @@ class Run(models.Model):
         if reason or status in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
             self.reason = reason  # a stale "waits at its gate" must not outlive the wait
             fields.append("reason")
-        self.save(update_fields=fields)
+        if save:
+            self.save(update_fields=fields)
+        return fields
 
 
 class StageRun(models.Model):
@@ -253,9 +256,10 @@ class StageRun(models.Model):
     def is_terminal(self) -> bool:
         return self.status in STAGE_TERMINAL
 
-    def set_status(self, status: str, *, reason: str = "", now=None) -> None:
+    def set_status(self, status: str, *, reason: str = "", now=None, save: bool = True) -> list:
+        """As Run.set_status."""
         if self.status == status:
-            return
+            return []
         if self.is_terminal:
             raise IllegalTransition(f"stage {self.pk} is {self.status}; cannot become {status}")
         now = now or timezone.now()
@@ -270,7 +274,9 @@ class StageRun(models.Model):
         if reason or status in (StageStatus.QUEUED, StageStatus.RUNNING, StageStatus.SUCCEEDED):
             self.reason = reason
             fields.append("reason")
-        self.save(update_fields=fields)
+        if save:
+            self.save(update_fields=fields)
+        return fields
 
 
 class StepRun(models.Model):

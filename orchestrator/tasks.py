@@ -6,16 +6,34 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.signals import worker_shutting_down
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+
+
+# How many further steps of the same run one task may run after its own, each claimed in
+# the transaction that finished the one before (see executors.execute_step). The message is
+# acknowledged when the task returns (acks_late): if the worker dies in the middle, the
+# redelivered message finds its step already claimed and does nothing, and the reaper fails
+# (or retries) the step that was running — as for a step that came through the broker.
+# A worker that is shutting down (warm shutdown) stops chaining; with the prefork pool only
+# the main process hears of it, so a child finishes its chain (at most INLINE_STEPS steps).
+INLINE_STEPS = 50
+
+
+@worker_shutting_down.connect
+def _stop_chaining(**_kwargs) -> None:
+    from .executors import stop_chaining
+
+    stop_chaining()
 
 
 @shared_task(name="clearway.execute_step", acks_late=True, reject_on_worker_lost=True)
 def execute_step(step_id: int, attempt: int) -> None:
     from .executors import execute_step as run
 
-    run(step_id, attempt)
+    run(step_id, attempt, chain=INLINE_STEPS)
 
 
 def dispatch_step(step_id: int, attempt: int, countdown: float = 0) -> None:
