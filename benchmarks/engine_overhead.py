@@ -13,21 +13,21 @@ as in production, and measures:
 (a) sequential overhead: a 10-stage pipeline whose stages are chained with `needs` and whose
     one step is `run: "true"`, run --runs times one after the other. From the database
     timestamps: the gap between a stage's finished_at and the next stage's started_at (finish
-    the step, advance the run, commit, dispatch, worker picks it up, claim), and the gap from
-    the run's creation to its first stage's start. Median and p95.
+    the step, advance the run, claim the next step: through the broker, or in the same
+    transaction when the worker goes on with the run itself), and the gap from the run's
+    creation to its first stage's start. Median and p95. Also the gap from a stage's
+    finished_at to the timestamp of the next step's first log line (taken just before its
+    command is started): everything the engine does between two commands, commit included.
 (b) the bare Celery round trip `clearway.ping.apply_async().get()` on the same broker,
     backend and worker, --pings times. Goals: median overhead <= 5x the bare median,
     p95 overhead <= 10x the bare median.
 (c) throughput: --concurrent 10-stage runs started at once, stages per second until the last
-    one ends, against --tasks no-op tasks sent at once and collected (tasks per second).
-    Goal: stages/s >= 0.2x tasks/s.
-(d) where the time goes: one run executed in this process, step by step, with the time and
-    the number of SQL queries of the claim, the command, the log flush and finish+advance.
-
---what-if runs everything with a prototype of two changes proposed for code outside the
-engine (in this process and in the worker): governance.audit.record without its savepoint
-(it always runs inside the caller's transaction) and orchestrator.events._next_seq as one
-`UPDATE ... RETURNING` instead of an UPDATE and a SELECT.
+    one ends (polled every POLL_SECONDS), against --tasks no-op tasks sent at once and
+    collected (tasks per second). Goal: stages/s >= 0.2x tasks/s. The gaps and busy times
+    under this load are reported with it.
+(d) where the time goes: one run executed in this process as a worker executes it, with the
+    time and the number of SQL statements of the trigger, the claim of a dispatched step, the
+    command and finish (last log lines + outcome + advance + claim of the next step).
 
 Prints one JSON document. Not part of the test run. Results: benchmarks/ENGINE_RESULTS.md.
 """
@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/clearway_bench_engine"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
 STAGES = 10
+POLL_SECONDS = 0.025  # wait_terminal's interval; (c)'s end is known to within that
 
 
 def chain_definition(stages: int = STAGES) -> str:
@@ -107,38 +108,12 @@ def ensure_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def apply_what_if() -> None:
-    """Prototype of the proposed changes to governance/audit.py and orchestrator/events.py."""
-    from types import SimpleNamespace
-
-    from django.db import connection, transaction
-
-    from governance import audit
-    from orchestrator import events
-
-    audit.transaction = SimpleNamespace(atomic=lambda: transaction.atomic(savepoint=False))
-
-    def next_seq(run_id: int) -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "UPDATE orchestrator_run SET event_seq = event_seq + 1 WHERE id = %s "
-                "RETURNING event_seq",
-                [run_id],
-            )
-            return cursor.fetchone()[0]
-
-    events._next_seq = next_seq
-
-
 def celery_worker_main() -> None:
-    """`engine_overhead.py --celery-worker ARGS`: `celery ARGS`, with the what-if patches
-    applied first when CLEARWAY_BENCH_WHAT_IF is set (prefork children inherit them)."""
+    """`engine_overhead.py --celery-worker ARGS`: `celery ARGS` (Django set up first)."""
     sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
-    if os.environ.get("CLEARWAY_BENCH_WHAT_IF"):
-        apply_what_if()
     from celery.__main__ import main as celery_main
 
     sys.argv = ["celery", *sys.argv[2:]]
@@ -202,24 +177,41 @@ def wait_terminal(run_ids: list[int], timeout: float = 120) -> None:
             return
         if time.monotonic() > deadline:
             raise SystemExit(f"runs {sorted(pending)} did not finish in {timeout} s")
-        time.sleep(0.005)
+        # Not more often: each poll costs ~1 ms of CPU here and in PostgreSQL, which the
+        # workers measured in (c) would share (every 5 ms, it was ~5 ms of CPU per stage).
+        time.sleep(POLL_SECONDS)
 
 
-def gaps_of(run_ids: list[int]) -> tuple[list[float], list[float], list[float], list[float]]:
-    """(stage-to-stage gaps, creation-to-first-start gaps, stage busy times, run totals), ms."""
-    from orchestrator.models import Run, RunStatus
+def _first_line_at(text: str) -> datetime:
+    """The timestamp of a log chunk's first line (executors._stamp: ...T12:34:56.789Z)."""
+    return datetime.strptime(text[:23], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
 
-    between, first, busy, totals = [], [], [], []
-    for run in Run.objects.filter(pk__in=run_ids).prefetch_related("stages"):
+
+def gaps_of(run_ids: list[int]) -> dict[str, list[float]]:
+    """Stage-to-stage gaps, stage-to-next-command gaps, creation-to-first-start gaps, stage
+    busy times and run totals, in ms."""
+    from orchestrator.models import LogChunk, Run, RunStatus
+
+    out: dict[str, list[float]] = {k: [] for k in ("between", "command", "first", "busy", "total")}
+    first_lines = {
+        step_id: _first_line_at(text)
+        for step_id, text in LogChunk.objects.filter(
+            step__stage__run__in=run_ids, offset=0
+        ).values_list("step_id", "text")
+    }
+    for run in Run.objects.filter(pk__in=run_ids).prefetch_related("stages__steps"):
         if run.status != RunStatus.SUCCEEDED:
             raise SystemExit(f"run {run.pk} ended {run.status}: {run.reason}")
         stages = sorted(run.stages.all(), key=lambda s: s.position)
-        first.append((stages[0].started_at - run.created_at).total_seconds() * 1000)
+        out["first"].append((stages[0].started_at - run.created_at).total_seconds() * 1000)
         for prev, nxt in zip(stages, stages[1:], strict=False):
-            between.append((nxt.started_at - prev.finished_at).total_seconds() * 1000)
-        busy += [(s.finished_at - s.started_at).total_seconds() * 1000 for s in stages]
-        totals.append((run.finished_at - run.created_at).total_seconds() * 1000)
-    return between, first, busy, totals
+            out["between"].append((nxt.started_at - prev.finished_at).total_seconds() * 1000)
+            [step] = nxt.steps.all()
+            command_at = first_lines[step.pk]
+            out["command"].append((command_at - prev.finished_at).total_seconds() * 1000)
+        out["busy"] += [(s.finished_at - s.started_at).total_seconds() * 1000 for s in stages]
+        out["total"].append((run.finished_at - run.created_at).total_seconds() * 1000)
+    return out
 
 
 def bare_round_trips(n: int) -> list[float]:
@@ -244,7 +236,10 @@ def bare_throughput(n: int) -> float:
 
 
 def breakdown(pipeline, actor) -> dict:
-    """One run executed in this process, phase by phase (no broker in between)."""
+    """One run executed in this process as a Celery worker executes it (executors.execute_step
+    with its chain), phase by phase, with no broker in between: the first step comes through
+    a dispatch and a claim, each next one is claimed by the transaction that finishes the
+    step before it."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -257,7 +252,6 @@ def breakdown(pipeline, actor) -> dict:
         "trigger": [],
         "claim": [],
         "command": [],
-        "log_flush": [],
         "finish_and_advance": [],
     }
 
@@ -274,20 +268,22 @@ def breakdown(pipeline, actor) -> dict:
         while sent:
             step_id, attempt = sent.pop(0)
             step = measure("claim", actions.claim_step, step_id, attempt, worker="bench")
-            log = executors.LogWriter(step, step.stage.run_id)
-            result = measure(
-                "command", executors.run_command, step, step.stage.run, step.stage, log
-            )
-            measure("log_flush", log.flush)
-            measure(
-                "finish_and_advance",
-                actions.finish_step,
-                step_id,
-                attempt,
-                succeeded=result.succeeded,
-                exit_code=result.exit_code,
-                error=result.error,
-            )
+            while step is not None:
+                log = executors.LogWriter(step, step.stage.run_id)
+                result = measure(
+                    "command", executors.run_command, step, step.stage.run, step.stage, log
+                )
+                step = measure(
+                    "finish_and_advance",
+                    actions.finish_step_and_claim_next,
+                    step.pk,
+                    step.attempt,
+                    worker="bench",
+                    succeeded=result.succeeded,
+                    exit_code=result.exit_code,
+                    error=result.error,
+                    log=log,
+                )
     finally:
         tasks.dispatch_step = real_dispatch
     out = {}
@@ -307,14 +303,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--pings", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--what-if", action="store_true", help="prototype audit/events changes")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="clearway-bench-engine-"))
     env = configure_environment(tmp)
-    if args.what_if:
-        env["CLEARWAY_BENCH_WHAT_IF"] = "1"
     sys.path.insert(0, str(ROOT))
     ensure_database(os.environ["DATABASE_URL"])
 
@@ -328,8 +321,6 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    if args.what_if:
-        apply_what_if()
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
 
     from orchestrator import actions
@@ -357,7 +348,7 @@ def main() -> None:
             run = actions.trigger_run(pipeline, actor=user, trigger="api")
             wait_terminal([run.pk])
             seq_ids.append(run.pk)
-        between, first, busy, totals = gaps_of(seq_ids)
+        gaps = gaps_of(seq_ids)
 
         began = time.perf_counter()
         conc_ids = [
@@ -366,7 +357,7 @@ def main() -> None:
         ]
         wait_terminal(conc_ids, timeout=600)
         stages_per_s = args.concurrent * STAGES / (time.perf_counter() - began)
-        gaps_of(conc_ids)  # all succeeded
+        conc = gaps_of(conc_ids)  # and all succeeded
 
         tasks_per_s = bare_throughput(args.tasks)
     finally:
@@ -374,7 +365,8 @@ def main() -> None:
 
     phases = breakdown(pipeline, user)
 
-    overhead = stats(between)
+    overhead = stats(gaps["between"])
+    to_command = stats(gaps["command"])
     unit = bare["median_ms"]
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -383,26 +375,34 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         },
-        "what_if": args.what_if,
         "worker": f"celery prefork -c {args.concurrency}, DEBUG off",
         "bare_round_trip": bare,
         "stage_to_stage_gap": overhead,
-        "creation_to_first_stage": stats(first),
-        "stage_busy_time": stats(busy),
-        "run_total": stats(totals),
+        "stage_to_next_command_gap": to_command,
+        "creation_to_first_stage": stats(gaps["first"]),
+        "stage_busy_time": stats(gaps["busy"]),
+        "run_total": stats(gaps["total"]),
         "ratios": {
             "gap_median_over_bare_median": round(overhead["median_ms"] / unit, 2),
             "gap_p95_over_bare_median": round(overhead["p95_ms"] / unit, 2),
             "gap_p95_over_bare_p95": round(overhead["p95_ms"] / bare["p95_ms"], 2),
+            "command_gap_median_over_bare_median": round(to_command["median_ms"] / unit, 2),
+            "command_gap_p95_over_bare_median": round(to_command["p95_ms"] / unit, 2),
         },
         "throughput": {
             "stages_per_s": round(stages_per_s, 1),
             "bare_tasks_per_s": round(tasks_per_s, 1),
             "ratio": round(stages_per_s / tasks_per_s, 3),
+            "stage_to_stage_gap": stats(conc["between"]),
+            "stage_to_next_command_gap": stats(conc["command"]),
+            "stage_busy_time": stats(conc["busy"]),
+            "creation_to_first_stage": stats(conc["first"]),
         },
         "goals": {
             "median <= 5x bare": overhead["median_ms"] <= 5 * unit,
             "p95 <= 10x bare": overhead["p95_ms"] <= 10 * unit,
+            "command gap: median <= 5x bare": to_command["median_ms"] <= 5 * unit,
+            "command gap: p95 <= 10x bare": to_command["p95_ms"] <= 10 * unit,
             "throughput >= 0.2x bare": stages_per_s >= 0.2 * tasks_per_s,
         },
         "in_process_breakdown": phases,

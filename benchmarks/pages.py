@@ -28,7 +28,8 @@ PostgreSQL's JIT compiler off for their sessions; nothing in the repository chan
 
 Prints one JSON document and appends the figures, with the date, to
 benchmarks/PAGES_RESULTS.md (unless --no-write). Not part of the test run. The server is
-stopped by its pid at the end.
+stopped by its pid at the end. On a shared machine run it as `nice -n -10 ...` (root); the
+results record the niceness and the load average.
 """
 
 from __future__ import annotations

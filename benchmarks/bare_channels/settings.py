@@ -1,15 +1,6 @@
-"""Settings of the bare Channels project (see __init__.py). REDIS_URL is required.
+"""Settings of the bare Channels project (see __init__.py). REDIS_URL is required."""
 
-LAYER_HOST_OPTIONS (JSON, optional) turns the host into {"address": REDIS_URL, **options},
-e.g. '{"socket_timeout": 15, "max_connections": 1000}' for live_fanout.py --what-if; by
-default the host is the plain URL, as in orchestrator/settings.py.
-"""
-
-import json
 import os
-
-_options = json.loads(os.environ.get("LAYER_HOST_OPTIONS") or "{}")
-_host = {"address": os.environ["REDIS_URL"], **_options} if _options else os.environ["REDIS_URL"]
 
 SECRET_KEY = "bare-channels-benchmark-only"  # noqa: S105 - no sessions, no users
 DEBUG = False
@@ -20,13 +11,21 @@ ASGI_APPLICATION = "bare_channels.asgi.application"
 DATABASES = {}
 USE_TZ = True
 
-# The same layer configuration as orchestrator/settings.py, so the comparison isolates
-# Clearway's own code path (publisher, consumer, middleware), not the layer's settings.
+# The same layer configuration as orchestrator/settings.py (socket timeout above channels_redis's
+# 5 s blocking wait, a pool for hundreds of clients), so the comparison isolates Clearway's own
+# code path (publisher, consumer, middleware), not the layer's settings.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [_host],
+            "hosts": [
+                {
+                    "address": os.environ["REDIS_URL"],
+                    "socket_timeout": 30,
+                    "socket_keepalive": True,
+                    "max_connections": 1000,
+                }
+            ],
             "capacity": 1500,
             "expiry": 30,
             "group_expiry": 86400,
