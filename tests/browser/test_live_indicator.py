@@ -50,11 +50,11 @@ def test_indicator_is_live_on_every_page_and_down_without_server(world, login, p
 
 
 # redis-py 8 gives every connection a 5 s socket timeout (redis/_defaults.py,
-# DEFAULT_SOCKET_TIMEOUT = 5); channels_redis blocks in BZPOPMIN for 5 s (brpop_timeout)
-# while a consumer waits for its next message. Whichever ends first wins: mostly the socket
-# timeout, and then the consumer dies (redis.exceptions.TimeoutError in the ASGI log) and the
-# browser reconnects. 12 s covers two of those 5 s waits. Not strict: now and then both waits
-# end the Redis way and the test passes (XPASS) although the bug is there.
+# DEFAULT_SOCKET_TIMEOUT = 5) and channels_redis blocks in BZPOPMIN for 5 s (brpop_timeout)
+# while a consumer waits for its next message. Without the longer socket timeout of
+# CHANNEL_LAYERS (orchestrator/settings.py) the read mostly timed out first, the consumer
+# died (redis.exceptions.TimeoutError in the ASGI log) and the browser reconnected every
+# ~5.5 s. 12 s covers two of those waits.
 IDLE_MS = 12_000
 
 
