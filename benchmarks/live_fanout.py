@@ -339,9 +339,9 @@ def _instrument() -> dict:
 
     async def group_send(self, group, message):
         await original_group_send(self, group, message)
-        event = message.get("event") or {}
-        if "seq" in event and event["seq"] in times:
-            times[event["seq"]]["t_sent"] = time.time()
+        for event in message.get("events") or [message.get("event") or {}]:
+            if "seq" in event and event["seq"] in times:
+                times[event["seq"]]["t_sent"] = time.time()
 
     events._emit = emit
     RedisChannelLayer.group_send = group_send

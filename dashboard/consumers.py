@@ -111,11 +111,19 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         # the database, so events skip it; everything else goes the usual way.
         if message["type"] == "clearway.event":
             await self.clearway_event(message)
+        elif message["type"] == "clearway.events":
+            await self.clearway_events(message)
         else:
             await super().dispatch(message)
 
     async def clearway_event(self, message):
         await self.send_json(message["event"])
+
+    async def clearway_events(self, message):
+        """Several events of one transaction, for one group (events._Batch.deliver): the
+        browser still gets one frame per event."""
+        for event in message["events"]:
+            await self.send_json(event)
 
     async def _join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)

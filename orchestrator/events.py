@@ -218,7 +218,21 @@ class _Batch:
         transaction.on_commit(self.deliver)
 
     def deliver(self) -> None:
+        """Consecutive events for the same groups travel as one channel-layer message
+        ("clearway.events", the consumer relays them one by one): a transition announces
+        4–6 status events, and each group_send is several Redis commands. Only consecutive
+        ones, so that the order of events across groups is kept."""
+        runs: list[tuple[list[str], list[dict]]] = []
         for groups, message in self.outbox:
+            if runs and runs[-1][0] == groups:
+                runs[-1][1].append(message["event"])
+            else:
+                runs.append((groups, [message["event"]]))
+        for groups, batch in runs:
+            if len(batch) == 1:
+                message = {"type": "clearway.event", "event": batch[0]}
+            else:
+                message = {"type": "clearway.events", "events": batch}
             for group in groups:
                 sender.send(group, message)
 

@@ -193,6 +193,28 @@ def test_relayed_events_skip_the_database_thread(developer, make_run, monkeypatc
 
 
 @live
+async def test_a_transitions_batch_arrives_as_one_frame_per_event(developer, make_run):
+    """A transition's status events travel as one channel-layer message (clearway.events,
+    see orchestrator.events._Batch.deliver); the browser gets them one by one, in order."""
+    from orchestrator import actions
+
+    run = await database_sync_to_async(make_run)()
+    communicator, _, _ = await connect(developer)
+    await communicator.receive_json_from()  # hello
+    await database_sync_to_async(actions.cancel_run)(run, actor=developer)
+    received = []
+    while True:
+        event = await communicator.receive_json_from(timeout=2)
+        received.append(event)
+        if event["type"] == "run.updated":
+            break
+    seqs = [e["seq"] for e in received]
+    assert len(received) > 1 and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert received[-1]["data"]["status"] == "canceled"
+    await communicator.disconnect()
+
+
+@live
 async def test_without_a_subscription_only_status_events_arrive(developer, make_run):
     run = await database_sync_to_async(make_run)()
     communicator, _, _ = await connect(developer)

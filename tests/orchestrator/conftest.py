@@ -81,7 +81,7 @@ class Published(list):
     """Events handed to the channel-layer sender, in sending order."""
 
     def events(self, run_id: int | None = None, type: str | None = None) -> list[dict]:
-        out = [message["event"] for _, message in self]
+        out = [e for _, message in self for e in message.get("events") or [message["event"]]]
         if run_id is not None:
             out = [e for e in out if e["run"] == run_id]
         if type is not None:

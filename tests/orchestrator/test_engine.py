@@ -400,5 +400,5 @@ def test_live_events_carry_a_strictly_increasing_sequence_per_run(
     assert f"pipeline.{first.pipeline_id}" in groups and f"run.{first.pk}" in groups
     # Log lines go to the run's group only, status events to the pipeline's.
     for group, message in published:
-        kind = message["event"]["type"]
-        assert group.startswith("run.") == (kind == "log"), (group, kind)
+        for event in message.get("events") or [message["event"]]:
+            assert group.startswith("run.") == (event["type"] == "log"), (group, event)

@@ -341,7 +341,9 @@ def test_a_transactions_events_are_sent_before_its_steps_are_dispatched(
     sender done with them: events.wait_sent) before the step is."""
     waits: list[int] = []
     real_wait = events.wait_sent
-    monkeypatch.setattr(events, "wait_sent", lambda: waits.append(len(published)) or real_wait())
+    monkeypatch.setattr(
+        events, "wait_sent", lambda: waits.append(len(published.events())) or real_wait()
+    )
     seen_at_dispatch: list[list[int]] = []
     real_dispatch = worker.dispatch
 
@@ -363,3 +365,36 @@ def test_a_transactions_events_are_sent_before_its_steps_are_dispatched(
     run.refresh_from_db()
     assert seen_at_dispatch[-1] == list(range(1, run.event_seq + 1))
     assert waits[-1] == run.event_seq
+
+
+def test_a_transitions_events_travel_together_in_order(start, worker, published):
+    """Consecutive events of one transaction for the same group are one channel-layer
+    message (clearway.events); the order across groups is kept (the log lines of a finished
+    step, for the run's group, go before the status events of the pipeline's group)."""
+    run = start(chain_of(2))
+    [first] = worker.take()
+    del published[:]
+    run_chained(first)
+    run.refresh_from_db()
+    messages = [(group, message) for group, message in published if message["type"]]
+    shapes = [
+        (group.split(".")[0], [e["type"] for e in m.get("events") or [m["event"]]])
+        for group, m in messages
+    ]
+    # The claim of the first step (stage running, step started); the finish that claims
+    # the second: its last log lines first, then step done, stage done, next stage queued
+    # and running, next step started; the finish of the second, which ends the run.
+    assert shapes == [
+        ("pipeline", ["stage.updated", "step.updated"]),
+        ("run", ["log"]),
+        (
+            "pipeline",
+            ["step.updated", "stage.updated", "stage.updated", "stage.updated", "step.updated"],
+        ),
+        ("run", ["log"]),
+        ("pipeline", ["step.updated", "stage.updated", "run.updated"]),
+    ], shapes
+    assert all(m["type"] == "clearway.events" for _, m in messages if "events" in m)
+    assert all(len(m["events"]) > 1 for _, m in messages if "events" in m)
+    seqs = [e["seq"] for e in published.events(run.pk)]
+    assert seqs == sorted(seqs) and seqs[-1] == run.event_seq
