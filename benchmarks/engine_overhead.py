@@ -24,7 +24,9 @@ as in production, and measures:
 (c) throughput: --concurrent 10-stage runs started at once, stages per second until the last
     one ends (polled every POLL_SECONDS), against --tasks no-op tasks sent at once and
     collected (tasks per second). Goal: stages/s >= 0.2x tasks/s. The gaps and busy times
-    under this load are reported with it.
+    under this load are reported with it, and the CPU time per stage and per bare task spent
+    by the worker (pool processes and step commands included), PostgreSQL, Redis and this
+    process (which triggers the runs and polls for their end) — where the 2 CPUs go.
 (d) where the time goes: one run executed in this process as a worker executes it, with the
     time and the number of SQL statements of the trigger, the claim of a dispatched step, the
     command and finish (last log lines + outcome + advance + claim of the next step).
@@ -161,6 +163,52 @@ def stop_worker(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def cpu_seconds(worker_pid: int) -> dict[str, float]:
+    """CPU time (user + system) used so far by: the worker and its pool processes (and the
+    step commands they waited for), PostgreSQL's processes, Redis, and this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {"worker": 0.0, "postgresql": 0.0, "redis": 0.0, "benchmark": 0.0}
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        # utime, stime, cutime, cstime: fields 14-17 of stat(5), here 11-14
+        cpu = sum(int(x) for x in fields[11:15]) / tick
+        procs[int(entry)] = (name, int(fields[1]), cpu)
+    worker_tree = {worker_pid}
+    changed = True
+    while changed:
+        changed = False
+        for pid, (_, ppid, _) in procs.items():
+            if ppid in worker_tree and pid not in worker_tree:
+                worker_tree.add(pid)
+                changed = True
+    for pid, (name, _, cpu) in procs.items():
+        if pid in worker_tree:
+            totals["worker"] += cpu
+        elif name.startswith("postgres"):
+            totals["postgresql"] += cpu
+        elif name.startswith("redis-server"):
+            totals["redis"] += cpu
+        elif pid == os.getpid():
+            totals["benchmark"] += cpu
+    return totals
+
+
+def cpu_per(before: dict, after: dict, units: int) -> dict[str, float]:
+    """CPU milliseconds per unit (stage or task) between two cpu_seconds() readings."""
+    out = {k: round((after[k] - before[k]) * 1000 / units, 2) for k in before}
+    out["total"] = round(sum(out.values()), 2)
+    return out
 
 
 def wait_terminal(run_ids: list[int], timeout: float = 120) -> None:
@@ -350,6 +398,7 @@ def main() -> None:
             seq_ids.append(run.pk)
         gaps = gaps_of(seq_ids)
 
+        cpu_before = cpu_seconds(worker.pid)
         began = time.perf_counter()
         conc_ids = [
             actions.trigger_run(pipeline, actor=user, trigger="api").pk
@@ -357,9 +406,12 @@ def main() -> None:
         ]
         wait_terminal(conc_ids, timeout=600)
         stages_per_s = args.concurrent * STAGES / (time.perf_counter() - began)
+        cpu_stage = cpu_per(cpu_before, cpu_seconds(worker.pid), args.concurrent * STAGES)
         conc = gaps_of(conc_ids)  # and all succeeded
 
+        cpu_before = cpu_seconds(worker.pid)
         tasks_per_s = bare_throughput(args.tasks)
+        cpu_task = cpu_per(cpu_before, cpu_seconds(worker.pid), args.tasks)
     finally:
         stop_worker(worker)
 
@@ -393,6 +445,8 @@ def main() -> None:
             "stages_per_s": round(stages_per_s, 1),
             "bare_tasks_per_s": round(tasks_per_s, 1),
             "ratio": round(stages_per_s / tasks_per_s, 3),
+            "cpu_ms_per_stage": cpu_stage,
+            "cpu_ms_per_bare_task": cpu_task,
             "stage_to_stage_gap": stats(conc["between"]),
             "stage_to_next_command_gap": stats(conc["command"]),
             "stage_busy_time": stats(conc["busy"]),
