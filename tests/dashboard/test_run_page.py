@@ -77,6 +77,7 @@ def test_logs_are_rendered_escaped_with_colours(make_run, developer, client_for)
     assert f'<a class="log-lineno" href="#s{step.pk}-L3">3</a>plain line</div>' in body
     # A step without output says so (the others of this run printed nothing).
     assert "No output yet." in body
+    assert "{#" not in body and "#}" not in body  # no template comment leaks as text
     assert re.search(rf'data-step-id="{step.pk}".*?data-next-offset="3"', body, re.S)
 
 
