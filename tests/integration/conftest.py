@@ -258,6 +258,50 @@ def start_server(live_db: str, log_dir: Path, *, name="asgi", extra_env=None) ->
     return proc, f"http://127.0.0.1:{port}"
 
 
+class RedisServer:
+    """A redis-server of the test's own on a free port, to stop and start again on the same
+    port (an outage). No persistence: everything that matters lives in PostgreSQL."""
+
+    def __init__(self, data_dir: Path):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.popen: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.popen = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.data_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(
+            lambda: _port_open("127.0.0.1", self.port) or self.popen.poll() is not None,
+            20,
+            what="redis-server",
+        )
+        assert self.popen.poll() is None, f"redis-server exited ({self.popen.returncode})"
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            self.popen.wait(10)
+
+
 @pytest.fixture(scope="session")
 def worker(live_db, log_dir) -> Iterator[Proc]:
     proc = start_worker(live_db, log_dir)

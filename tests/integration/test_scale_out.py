@@ -1,7 +1,7 @@
 """Scale-out: two ASGI servers and two workers against one PostgreSQL and one Redis (and once
 with RabbitMQ as the broker). A websocket client on server A sees, live, a run triggered
 through server B's API and executed by either worker; no step runs twice; the chain
-verifies."""
+verifies. tests/browser/test_scale_out_live.py shows the same in Chromium on server A."""
 
 from __future__ import annotations
 
@@ -53,6 +53,18 @@ def _setup_user() -> tuple[User, Team]:
     user = User.objects.create_user(f"scale-{uuid.uuid4().hex[:6]}")
     user.groups.add(group, Group.objects.get(name="developer"))
     return user, team
+
+
+def assert_each_step_ran_once(run_id: int, count: int = 5) -> None:
+    """The run's `count` steps all succeeded, each started once (one attempt, one audit
+    row), and the audit chain verifies."""
+    run = Run.objects.get(pk=run_id)
+    steps = list(StepRun.objects.filter(stage__run=run))
+    assert len(steps) == count and all(s.status == "succeeded" for s in steps)
+    starts = AuditEvent.objects.filter(action="step.start", details__run=run_id)
+    assert starts.count() == count, "a step was started twice"
+    assert all(s.attempt == 1 for s in steps)
+    assert audit.verify().ok
 
 
 def _scenario(live_db, log_dir, broker_env: dict) -> None:
@@ -120,13 +132,7 @@ def _scenario(live_db, log_dir, broker_env: dict) -> None:
 
         events, run_id = asyncio.run(watch())
         assert events[-1]["data"]["status"] == "succeeded"
-        run = Run.objects.get(pk=run_id)
-        steps = list(StepRun.objects.filter(stage__run=run))
-        assert len(steps) == 5 and all(s.status == "succeeded" for s in steps)
-        starts = AuditEvent.objects.filter(action="step.start", details__run=run_id)
-        assert starts.count() == 5, "a step was started twice"
-        assert all(s.attempt == 1 for s in steps)
-        assert audit.verify().ok
+        assert_each_step_ran_once(run_id)
     finally:
         for proc, _ in servers:
             proc.stop()
