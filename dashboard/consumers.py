@@ -11,15 +11,21 @@ revoked access stops at the latest on reconnect.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from governance import permissions
 from orchestrator import events
 
 logger = logging.getLogger(__name__)
+
+# What the channel layer raises while Redis is down or unreachable.
+CHANNEL_LAYER_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
 MAX_RUN_SUBSCRIPTIONS = 20  # a page watches one run; a bound keeps a client from hoarding groups
 
@@ -41,6 +47,13 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
+        except CHANNEL_LAYER_DOWN as exc:
+            # Redis is unreachable (restarting, failing over): every browser retries with
+            # backoff, so one line per attempt, not a traceback each. The socket closes;
+            # the page shows "reconnecting…" and re-reads the state once back.
+            logger.warning("live events: channel layer unavailable (%s); the client retries", exc)
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1011})
         finally:
             # A consumer that dies on a channel layer error (a Redis read timeout, a full
             # connection pool) never gets to disconnect(): leave its groups anyway, or every

@@ -245,3 +245,31 @@ async def test_revoked_access_stops_on_reconnect(make_user, team, make_run):
     await database_sync_to_async(_publish_sequence)(run)
     assert await communicator.receive_nothing(timeout=0.3)
     await communicator.disconnect()
+
+
+def test_a_channel_layer_outage_closes_the_socket_with_one_log_line(
+    developer, make_run, monkeypatch, caplog
+):
+    """Redis down: the consumer cannot join its groups. The socket is closed (the browser
+    shows "reconnecting…" and retries) and the server logs one warning, not a traceback."""
+    import redis.exceptions
+    from channels.layers import InMemoryChannelLayer
+
+    make_run()  # a pipeline dana may view: its group is joined on connect
+
+    async def down(self, group, channel):
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    monkeypatch.setattr(InMemoryChannelLayer, "group_add", down)
+
+    @live
+    async def scenario():
+        communicator, connected, code = await connect(developer)
+        assert not connected and code == 1011
+        await communicator.wait()  # the application ended without raising
+
+    with caplog.at_level("WARNING", logger="dashboard.consumers"):
+        scenario()
+    warnings = [r for r in caplog.records if r.name == "dashboard.consumers"]
+    assert len(warnings) == 1 and "channel layer unavailable" in warnings[0].getMessage()
+    assert warnings[0].exc_info is None
