@@ -117,27 +117,78 @@ def record(
 
 
 def _append(events: list[AuditEvent]) -> None:
-    """Chain `events` (in this order) onto the head and insert them."""
+    """Chain `events` (in this order) onto the head and insert them.
+
+    Three statements whatever the number of rows: lock the head, one multi-row INSERT, move
+    the head. Written as plain SQL from the model's metadata rather than through the ORM:
+    this runs in every engine transition, and the ORM's compile and save machinery cost
+    several times the statements themselves (benchmarks/ENGINE_RESULTS.md). Values go
+    through each field's get_db_prep_save, as the ORM would send them."""
     if not events:
         return
     # No savepoint: the caller's transaction (or this one) is the unit; an append either
     # commits with the change it records or not at all.
-    with transaction.atomic(savepoint=False):
-        head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
-        if head is None:
-            head = AuditChainHead.objects.create(pk=1)
-            head = AuditChainHead.objects.select_for_update().get(pk=1)
-        seq, prev = head.seq, head.hash
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute(_SQL.lock_head())
+        row = cursor.fetchone()
+        if row is None:
+            AuditChainHead.objects.get_or_create(pk=1)
+            cursor.execute(_SQL.lock_head())
+            row = cursor.fetchone()
+        seq, prev = row
         for event in events:
             seq += 1
             event.seq, event.prev_hash = seq, prev
             event.hash = prev = compute_hash(prev, row_payload(event))
-        if len(events) == 1:
-            events[0].save(force_insert=True)
-        else:
-            AuditEvent.objects.bulk_create(events)
-        head.seq, head.hash = seq, prev
-        head.save(update_fields=["seq", "hash"])
+        fields = _SQL.fields()
+        params = [
+            f.get_db_prep_save(getattr(e, f.attname), connection) for e in events for f in fields
+        ]
+        cursor.execute(_SQL.insert(len(events)), params)
+        if _SQL.returning():
+            for event, (pk,) in zip(events, cursor.fetchall(), strict=True):
+                event.pk = pk
+        for event in events:
+            event._state.adding, event._state.db = False, connection.alias
+        cursor.execute(_SQL.move_head(), [seq, prev])
+
+
+class _SQL:
+    """The statements of _append, built once from the models (table and column names)."""
+
+    @staticmethod
+    def _qn(name: str) -> str:
+        return connection.ops.quote_name(name)
+
+    @classmethod
+    def fields(cls) -> list:
+        return [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
+
+    @classmethod
+    def returning(cls) -> bool:
+        return connection.features.can_return_rows_from_bulk_insert
+
+    @classmethod
+    def lock_head(cls) -> str:
+        table = cls._qn(AuditChainHead._meta.db_table)
+        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+        return f"SELECT {cls._qn('seq')}, {cls._qn('hash')} FROM {table} WHERE {cls._qn('id')} = 1{lock}"  # noqa: S608, E501
+
+    @classmethod
+    def insert(cls, rows: int) -> str:
+        table = cls._qn(AuditEvent._meta.db_table)
+        fields = cls.fields()
+        columns = ", ".join(cls._qn(f.column) for f in fields)
+        row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        sql = f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([row] * rows)  # noqa: S608
+        if cls.returning():
+            sql += f" RETURNING {cls._qn(AuditEvent._meta.pk.column)}"
+        return sql
+
+    @classmethod
+    def move_head(cls) -> str:
+        table = cls._qn(AuditChainHead._meta.db_table)
+        return f"UPDATE {table} SET {cls._qn('seq')} = %s, {cls._qn('hash')} = %s WHERE {cls._qn('id')} = 1"  # noqa: S608, E501
 
 
 class _Batch:
