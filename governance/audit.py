@@ -12,7 +12,6 @@ instead of from the first record on.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import hashlib
 import json
@@ -23,6 +22,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from .batching import TransactionBatch, batching
 from .models import AuditChainHead, AuditEvent, Outcome
 
 GENESIS_HASH = "0" * 64
@@ -191,62 +191,17 @@ class _SQL:
         return f"UPDATE {table} SET {cls._qn('seq')} = %s, {cls._qn('hash')} = %s WHERE {cls._qn('id')} = 1"  # noqa: S608, E501
 
 
-class _Batch:
-    """Rows recorded inside `batch()`, in call order. A row recorded inside a savepoint nested
-    in the batch's transaction leaves a marker in Django's on-commit list; a rollback to that
-    savepoint removes the marker, and the row is dropped with the change it recorded."""
-
-    def __init__(self) -> None:
-        self.depth = len(connection.savepoint_ids)
-        self.rows: list[tuple[AuditEvent, Any]] = []
-        self.closed = False
-
-    def keep(self, event: AuditEvent) -> bool:
-        if self.closed or not connection.in_atomic_block:
-            return False
-        marker = None
-        if len(connection.savepoint_ids) > self.depth:
-            marker = _marker()
-            transaction.on_commit(marker)
-        self.rows.append((event, marker))
-        return True
-
-    def survivors(self) -> list[AuditEvent]:
-        live = {id(func) for _, func, _ in connection.run_on_commit}
-        return [e for e, m in self.rows if m is None or id(m) in live]
-
-
-def _marker():
-    def rolled_back_with_its_savepoint_if_missing() -> None:
-        pass
-
-    return rolled_back_with_its_savepoint_if_missing
-
-
-_batch: contextvars.ContextVar[_Batch | None] = contextvars.ContextVar(
+_batch: contextvars.ContextVar[TransactionBatch | None] = contextvars.ContextVar(
     "clearway_audit_batch", default=None
 )
 
 
-@contextlib.contextmanager
 def batch():
     """Collect the rows `record()` is given inside the block and append them when the block
     ends without an exception. Use it inside the transaction of the changes, as its innermost
     block (`with transaction.atomic(), audit.batch():`) so that an exception rolls back the
     changes and drops their rows together. A nested batch joins the outer one."""
-    if _batch.get() is not None:
-        yield
-        return
-    if not connection.in_atomic_block:
-        raise RuntimeError("audit.batch() must be used inside a transaction")
-    pending = _Batch()
-    token = _batch.set(pending)
-    try:
-        yield
-    finally:
-        pending.closed = True
-        _batch.reset(token)
-    _append(pending.survivors())  # not reached after an exception: nothing is written
+    return batching(_batch, TransactionBatch, lambda b: _append(b.survivors()), "audit.batch()")
 
 
 @dataclass

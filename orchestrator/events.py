@@ -18,7 +18,6 @@ order they were published, instead of one UPDATE each.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import os
@@ -26,6 +25,8 @@ import threading
 from typing import Any
 
 from django.db import connection, transaction
+
+from governance.batching import TransactionBatch, batching
 
 logger = logging.getLogger(__name__)
 
@@ -202,16 +203,13 @@ def wait_sent(timeout: float = 0.5) -> bool:
     return sender.mark().wait(timeout)
 
 
-class _Batch:
-    """Events published inside `batch()`, in call order, without their sequence numbers yet.
-    As in governance.audit: an event published inside a savepoint nested in the batch's
-    transaction is dropped if that savepoint rolls back."""
+class _Batch(TransactionBatch):
+    """Events published inside `batch()`, in call order, without their sequence numbers yet
+    (items: (run id, groups, event))."""
 
     def __init__(self) -> None:
-        self.depth = len(connection.savepoint_ids)
-        self.items: list[tuple[int, list[str], dict, Any]] = []
+        super().__init__()
         self.runs: dict[int, Any] = {}  # Run objects to hand their new event_seq
-        self.closed = False
         self.outbox: list[tuple[list[str], dict]] = []
         # Registered first, so that after commit the events are handed to the sender before
         # anything the transaction registers later (the dispatch of steps: see wait_sent).
@@ -236,24 +234,15 @@ class _Batch:
             for group in groups:
                 sender.send(group, message)
 
-    def keep(self, run_id: int, groups: list[str], event: dict, run=None) -> bool:
-        if self.closed or not connection.in_atomic_block:
+    def keep_event(self, run_id: int, groups: list[str], event: dict, run=None) -> bool:
+        if not self.keep((run_id, groups, event)):
             return False
         if run is not None:
             self.runs[run_id] = run
-        marker = None
-        if len(connection.savepoint_ids) > self.depth:
-
-            def marker() -> None:
-                pass
-
-            transaction.on_commit(marker)
-        self.items.append((run_id, groups, event, marker))
         return True
 
     def flush(self) -> None:
-        live = {id(func) for _, func, _ in connection.run_on_commit}
-        items = [i for i in self.items if i[3] is None or id(i[3]) in live]
+        items = self.survivors()
         if not items:
             return
         counts: dict[int, int] = {}
@@ -263,7 +252,7 @@ class _Batch:
         following = {run_id: _take_seqs(run_id, n) - n + 1 for run_id, n in sorted(counts.items())}
         token = _outbox.set(self.outbox)
         try:
-            for run_id, groups, event, _ in items:
+            for run_id, groups, event in items:
                 event["seq"] = following[run_id]
                 following[run_id] += 1
                 _emit(groups, event)
@@ -279,31 +268,18 @@ _batch: contextvars.ContextVar[_Batch | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
 def batch():
     """Number the events published inside the block when it ends without an exception, with
     one UPDATE per run, and send them after commit in publication order. Use it inside the
     transaction, after the run row is locked, as an innermost block (see audit.batch)."""
-    if _batch.get() is not None:
-        yield
-        return
-    if not connection.in_atomic_block:
-        raise RuntimeError("events.batch() must be used inside a transaction")
-    pending = _Batch()
-    token = _batch.set(pending)
-    try:
-        yield
-    finally:
-        pending.closed = True
-        _batch.reset(token)
-    pending.flush()  # not reached after an exception
+    return batching(_batch, _Batch, _Batch.flush, "events.batch()")
 
 
 def _publish(run_id: int, groups: list[str], event: dict[str, Any], run=None) -> None:
     """Number `event` (now, or at the end of the current batch) and send it after commit.
     `run`, when given, is told its new event_seq."""
     pending = _batch.get()
-    if pending is not None and pending.keep(run_id, groups, event, run):
+    if pending is not None and pending.keep_event(run_id, groups, event, run):
         return
     event["seq"] = _next_seq(run_id)
     if run is not None:
