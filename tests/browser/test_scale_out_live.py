@@ -26,32 +26,15 @@ from tests.browser.conftest import (
     session_cookie,
 )
 from tests.integration.conftest import _port_open, require, start_server, start_worker
+from tests.integration.test_scale_out import DEFINITION as SCALE_OUT_DEFINITION
 from tests.integration.test_scale_out import _setup_user, assert_each_step_ran_once
 
 pytestmark = pytest.mark.browser
 
 # tests/integration/test_scale_out.py's pipeline, with a first step of ~3 s so the run is
 # still in progress when the run page opens.
-DEFINITION = """
-name: fan-out
-stages:
-  - name: a
-    steps:
-      - {name: a1, run: "echo a1; sleep 3"}
-      - {name: a2, run: "echo a2"}
-  - name: b
-    needs: [a]
-    steps:
-      - {name: b1, run: "echo b1; sleep 0.3"}
-  - name: c
-    needs: [a]
-    steps:
-      - {name: c1, run: "echo c1; sleep 0.3"}
-  - name: d
-    needs: [b, c]
-    steps:
-      - {name: d1, run: "echo done"}
-"""
+DEFINITION = SCALE_OUT_DEFINITION.replace('run: "echo a1; sleep 0.3"', 'run: "echo a1; sleep 3"')
+assert DEFINITION != SCALE_OUT_DEFINITION
 STAGES = ("a", "b", "c", "d")
 TERMINAL = ("succeeded", "failed", "canceled", "blocked")
 

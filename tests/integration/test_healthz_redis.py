@@ -4,12 +4,11 @@ started, checked, stopped and checked again."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
 from django.test import Client
 
-from .conftest import _port_open, free_port, require, wait_for
+from .conftest import RedisServer, require
 
 pytestmark = pytest.mark.integration
 
@@ -17,33 +16,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def own_redis(tmp_path):
     require(shutil.which("redis-server") is not None, "redis-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: _port_open("127.0.0.1", port), 20, what="redis-server")
-    yield proc, f"redis://127.0.0.1:{port}/0"
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(10)
+    redis = RedisServer(tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()
 
 
 def test_healthz_reports_stopped_redis_as_503(live_db, own_redis, settings):
-    proc, url = own_redis
+    url = own_redis.url
     settings.CELERY_BROKER_URL = url
     settings.CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
@@ -57,8 +37,7 @@ def test_healthz_reports_stopped_redis_as_503(live_db, own_redis, settings):
     try:
         up = Client().get("/healthz")
         assert up.status_code == 200, up.content
-        proc.terminate()
-        proc.wait(10)
+        own_redis.stop()
         channel_layers.backends.clear()
         down = Client().get("/healthz")
         assert down.status_code == 503

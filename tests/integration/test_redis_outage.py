@@ -4,7 +4,6 @@ finishes (or fails) cleanly; nothing is left running; the audit chain verifies."
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 import uuid
 
@@ -17,8 +16,7 @@ from governance import audit
 from orchestrator.models import Run, RunStatus, StepRun, StepStatus, Team
 
 from .conftest import (
-    _port_open,
-    free_port,
+    RedisServer,
     require,
     start_beat,
     start_server,
@@ -41,33 +39,11 @@ stages:
 """
 
 
-def _redis(port: int, tmp) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: _port_open("127.0.0.1", port), 20, what="redis-server")
-    return proc
-
-
 def test_run_survives_a_redis_restart(live_db, log_dir, tmp_path):
     require(shutil.which("redis-server") is not None, "redis-server")
-    port = free_port()
-    redis = _redis(port, tmp_path)
-    env = {"REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    redis = RedisServer(tmp_path)
+    redis.start()
+    env = {"REDIS_URL": redis.url}
     worker = start_worker(live_db, log_dir, name="w-outage", extra_env=env)
     beat = start_beat(live_db, log_dir, tmp_path, extra_env=env)
     server, base = start_server(live_db, log_dir, name="asgi-outage-redis", extra_env=env)
@@ -102,10 +78,9 @@ def test_run_survives_a_redis_restart(live_db, log_dir, tmp_path):
             30,
             what="the long step to run",
         )
-        redis.terminate()
-        redis.wait(10)
+        redis.stop()
         time.sleep(3)  # the outage lasts while the step ends and the next one is due
-        redis = _redis(port, tmp_path)
+        redis.start()
         run = Run.objects.get(pk=run_id)
 
         def ended() -> bool:
@@ -128,6 +103,4 @@ def test_run_survives_a_redis_restart(live_db, log_dir, tmp_path):
         server.stop()
         beat.stop()
         worker.stop()
-        if redis.poll() is None:
-            redis.terminate()
-            redis.wait(10)
+        redis.stop()

@@ -77,6 +77,34 @@ def worker(monkeypatch) -> FakeCelery:
     return fake
 
 
+# build → (unit, lint) in parallel → package with two steps.
+DIAMOND = """
+name: diamond
+stages:
+  - name: build
+    steps:
+      - name: compile
+        run: echo compiled
+  - name: unit
+    needs: [build]
+    steps:
+      - name: unit
+        run: echo unit
+  - name: lint
+    needs: [build]
+    steps:
+      - name: lint
+        run: echo lint
+  - name: package
+    needs: [unit, lint]
+    steps:
+      - name: first
+        run: echo one
+      - name: second
+        run: echo two
+"""
+
+
 class Published(list):
     """Events handed to the channel-layer sender, in sending order."""
 

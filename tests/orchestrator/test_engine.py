@@ -20,40 +20,13 @@ from orchestrator.models import (
     StepStatus,
 )
 
-from .conftest import log_text, pid_alive, steps_of, wait_for
+from .conftest import DIAMOND, log_text, pid_alive, steps_of, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def stage_status(run) -> dict[str, str]:
     return dict(StageRun.objects.filter(run=run).values_list("name", "status"))
-
-
-DIAMOND = """
-name: diamond
-stages:
-  - name: build
-    steps:
-      - name: compile
-        run: echo compiled
-  - name: unit
-    needs: [build]
-    steps:
-      - name: unit
-        run: echo unit
-  - name: lint
-    needs: [build]
-    steps:
-      - name: lint
-        run: echo lint
-  - name: package
-    needs: [unit, lint]
-    steps:
-      - name: first
-        run: echo one
-      - name: second
-        run: echo two
-"""
 
 
 def test_dag_runs_stages_whose_needs_succeeded_and_independent_ones_together(start, worker):

@@ -15,6 +15,7 @@ from orchestrator import actions, events, executors, tasks
 from orchestrator.models import Run, RunStatus, StageRun, StepRun, StepStatus
 
 from .conftest import log_text, steps_of
+from .test_engine import DIAMOND
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,33 +28,6 @@ def chain_of(count: int) -> str:
             lines.append(f"    needs: [s{i - 1}]")
         lines += ["    steps:", f"      - name: step{i}", f'        run: echo "stage {i}"']
     return "\n".join(lines) + "\n"
-
-
-DIAMOND = """
-name: diamond
-stages:
-  - name: build
-    steps:
-      - name: compile
-        run: echo compiled
-  - name: unit
-    needs: [build]
-    steps:
-      - name: unit
-        run: echo unit
-  - name: lint
-    needs: [build]
-    steps:
-      - name: lint
-        run: echo lint
-  - name: package
-    needs: [unit, lint]
-    steps:
-      - name: first
-        run: echo one
-      - name: second
-        run: echo two
-"""
 
 
 def run_chained(item, chain: int = tasks.INLINE_STEPS) -> None:
