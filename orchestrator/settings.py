@@ -4,6 +4,7 @@ nothing set (SQLite in var/, embedded broker, in-process channel layer).
 Every variable is listed in docs/configuration.md.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -89,7 +90,18 @@ TEMPLATES = [
 ]
 
 # --- Database ---------------------------------------------------------------------------
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'clearway.sqlite3'}")}
+_SQLITE_URL = f"sqlite:///{VAR_DIR / 'clearway.sqlite3'}"
+# An empty DATABASE_URL (`DATABASE_URL= make run`) means the default, as if it were unset.
+DATABASES = {"default": env.db_url_config(os.environ.get("DATABASE_URL") or _SQLITE_URL)}
+_ENGINES = ("django.db.backends.postgresql", "django.db.backends.sqlite3")
+if DATABASES["default"].get("ENGINE") not in _ENGINES:
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not a database Clearway runs on "
+        f"(scheme {os.environ['DATABASE_URL'].split(':', 1)[0]!r}): it needs PostgreSQL, or "
+        "SQLite for standalone mode. Use "
+        "postgres://user:password@host:5432/name (production) or sqlite:////absolute/path.db, "
+        "or leave it unset for the embedded SQLite database."
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web server read while the worker writes; IMMEDIATE transactions take the
     # write lock up front so two writers queue on the busy timeout instead of deadlocking.

@@ -43,6 +43,20 @@ def test_starts_with_debug_off_and_a_secret_key(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_an_empty_database_url_means_the_default(tmp_path):
+    result = _boot({"DATABASE_URL": "", "CLEARWAY_VAR_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("url", ["mysql://user:s3cret@db/clearway", "nonsense"])
+def test_a_database_url_clearway_cannot_use_is_refused_clearly(tmp_path, url):
+    result = _boot({"DATABASE_URL": url, "CLEARWAY_VAR_DIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert "DATABASE_URL is not a database Clearway runs on" in result.stderr
+    assert "postgres://user:password@host:5432/name" in result.stderr  # how to fix it
+    assert "s3cret" not in result.stderr  # never echo the credentials
+
+
 def test_sqlite_default_uses_wal(tmp_path):
     code = (
         "import django; django.setup(); from django.db import connection;"
