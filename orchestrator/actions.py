@@ -605,14 +605,71 @@ def reap_stale_steps(*, now: datetime | None = None) -> dict:
 # --- webhooks -------------------------------------------------------------------------
 
 
-def verify_signature(pipeline: Pipeline, body: bytes, signature: str | None) -> bool:
-    """HMAC-SHA256 over the raw body with the pipeline's secret, sent as
-    `X-Clearway-Signature: sha256=<hex>`."""
+def verify_signature(
+    pipeline: Pipeline, body: bytes, signature: str | None, timestamp: str | None = None
+) -> bool:
+    """HMAC-SHA256 with the pipeline's secret, sent as `X-Clearway-Signature: sha256=<hex>`:
+    over the raw body, or over `<timestamp>.<body>` when the request carries
+    `X-Clearway-Timestamp`."""
     if not signature or not signature.startswith("sha256="):
         return False
-    expected = hmac.new(pipeline.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+    expected = sign(pipeline.webhook_secret, body, timestamp).removeprefix("sha256=")
     return hmac.compare_digest(expected, signature.removeprefix("sha256="))
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(secret: str, body: bytes, timestamp: str | int | None = None) -> str:
+    signed = body if timestamp is None else f"{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def webhook_refusal(
+    pipeline: Pipeline | None,
+    body: bytes,
+    signature: str | None,
+    timestamp: str | None,
+    *,
+    now: datetime | None = None,
+) -> str:
+    """Why a webhook request is refused ("" when its signature and timestamp hold). The
+    reasons name what is wrong and are shown to the caller and in the audit log."""
+    if not signature:
+        return "missing signature"
+    cfg = settings.CLEARWAY
+    if timestamp is None and cfg["WEBHOOK_REQUIRE_TIMESTAMP"]:
+        return (
+            "missing X-Clearway-Timestamp: this server requires timestamped signatures "
+            "(HMAC-SHA256 over '<unix seconds>.<body>')"
+        )
+    if timestamp is not None:
+        if not timestamp.isdigit() or len(timestamp) > 12:
+            return "X-Clearway-Timestamp must be the Unix time in whole seconds"
+        skew = int(timestamp) - int((now or timezone.now()).timestamp())
+        if abs(skew) > cfg["WEBHOOK_TOLERANCE"]:
+            return (
+                f"X-Clearway-Timestamp is {abs(skew)} s {'ahead of' if skew > 0 else 'behind'}"
+                f" the server's clock (allowed: {cfg['WEBHOOK_TOLERANCE']} s)"
+            )
+    if pipeline is None or not verify_signature(pipeline, body, signature, timestamp):
+        return "bad signature"
+    return ""
+
+
+def record_delivery(pipeline: Pipeline, signature: str, *, now: datetime | None = None) -> bool:
+    """Remember an accepted timestamped request; False if its signature was seen before (a
+    replay). Call inside the transaction that acts on the request, so that a request that
+    is refused later (bad parameters) can be sent again."""
+    from django.db import IntegrityError
+
+    from .models import WebhookDelivery
+
+    now = now or timezone.now()
+    window = timedelta(seconds=settings.CLEARWAY["WEBHOOK_TOLERANCE"])
+    WebhookDelivery.objects.filter(received_at__lt=now - 2 * window).delete()
+    try:
+        with transaction.atomic():
+            WebhookDelivery.objects.create(
+                pipeline=pipeline, signature=signature.removeprefix("sha256=")[:64], received_at=now
+            )
+    except IntegrityError:
+        return False
+    return True

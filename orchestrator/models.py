@@ -63,6 +63,24 @@ class Pipeline(models.Model):
         return self.name
 
 
+class WebhookDelivery(models.Model):
+    """A timestamped webhook request that was accepted (see actions.webhook_refusal): its
+    signature may not be used again while its timestamp is within the allowed window, so a
+    captured request cannot be replayed. Rows older than twice the window are deleted."""
+
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="+")
+    signature = models.CharField(max_length=64)  # the HMAC hex digest
+    received_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["pipeline", "signature"], name="unique_delivery")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.pipeline_id}:{self.signature[:12]}"
+
+
 class PipelineVersion(models.Model):
     """One immutable revision of a pipeline's YAML, with the parsed spec. A run points at the
     version it ran."""

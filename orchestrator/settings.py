@@ -286,6 +286,11 @@ CLEARWAY = {
     "STEP_QUEUE": env.str("CLEARWAY_STEP_QUEUE", default=""),
     "DEMO_PASSWORD": "clearway-demo" if DEBUG else None,
     "SITE_URL": env.str("CLEARWAY_SITE_URL", default="http://127.0.0.1:8000"),
+    # Webhooks: a request with X-Clearway-Timestamp is signed over "<timestamp>.<body>",
+    # accepted only within this many seconds of the server's clock, and only once.
+    "WEBHOOK_TOLERANCE": env.int("CLEARWAY_WEBHOOK_TOLERANCE", default=300),
+    # Refuse webhook requests without a timestamp (body-only signatures can be replayed).
+    "WEBHOOK_REQUIRE_TIMESTAMP": env.bool("CLEARWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=False),
 }
 
 LOGGING = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from django.db import transaction
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -25,7 +26,9 @@ MAX_WEBHOOK_BODY = 64 * 1024
 @require_POST
 def webhook(request, slug: str):
     """Trigger a run: body `{"parameters": {...}}`, header
-    `X-Clearway-Signature: sha256=<HMAC-SHA256 of the body with the pipeline's secret>`."""
+    `X-Clearway-Signature: sha256=<HMAC-SHA256 with the pipeline's secret>` over the body, or
+    over `<timestamp>.<body>` with `X-Clearway-Timestamp: <Unix seconds>` — then the request
+    is accepted only near the server's clock and only once (docs/security.md)."""
     body = request.body
     # Checked first, for every slug: a signature over a cut-off body could never match, so a
     # large but genuine request would be told its signature is wrong.
@@ -33,16 +36,14 @@ def webhook(request, slug: str):
         return JsonResponse({"message": "body too large (max 64 KiB)"}, status=413)
     pipeline = Pipeline.objects.filter(slug=slug).first()
     signature = request.headers.get("X-Clearway-Signature")
+    timestamp = request.headers.get("X-Clearway-Timestamp")
     # Unknown pipeline and bad signature look the same from outside.
-    if pipeline is None or not actions.verify_signature(pipeline, body, signature):
-        audit.record(
-            None,
-            "webhook.refused",
-            ("pipeline", pipeline.pk if pipeline else "", slug),
-            outcome=Outcome.DENIED,
-            reason="missing signature" if not signature else "bad signature",
-        )
-        return JsonResponse({"message": "invalid or missing signature"}, status=403)
+    reason = actions.webhook_refusal(pipeline, body, signature, timestamp)
+    if reason:
+        _refused(pipeline, slug, reason)
+        shown = reason if reason.startswith(("X-Clearway", "missing X")) else ""
+        message = shown or "invalid or missing signature"
+        return JsonResponse({"message": message}, status=403)
     try:
         payload = json.loads(body or b"{}")
     except ValueError as exc:
@@ -51,12 +52,37 @@ def webhook(request, slug: str):
     if not isinstance(params, dict):
         return JsonResponse({"message": '"parameters" must be an object'}, status=400)
     try:
-        run = actions.trigger_run(pipeline, actor=None, parameters=params, trigger=Trigger.WEBHOOK)
+        with transaction.atomic():
+            if timestamp is not None and not actions.record_delivery(pipeline, signature):
+                raise _Replayed
+            run = actions.trigger_run(
+                pipeline, actor=None, parameters=params, trigger=Trigger.WEBHOOK
+            )
+    except _Replayed:
+        _refused(pipeline, slug, "replayed delivery")
+        return JsonResponse(
+            {"message": "this request was already received (same timestamp and signature)"},
+            status=409,
+        )
     except spec.ParameterError as exc:
         return JsonResponse({"message": str(exc), "errors": exc.errors}, status=400)
     except actions.ActionError as exc:
         return JsonResponse({"message": str(exc)}, status=409)
     return JsonResponse({"id": run.pk, "number": run.number, "status": run.status}, status=201)
+
+
+class _Replayed(Exception):
+    pass
+
+
+def _refused(pipeline: Pipeline | None, slug: str, reason: str) -> None:
+    audit.record(
+        None,
+        "webhook.refused",
+        ("pipeline", pipeline.pk if pipeline else "", slug),
+        outcome=Outcome.DENIED,
+        reason=reason,
+    )
 
 
 class _ObtainToken(ObtainAuthToken):

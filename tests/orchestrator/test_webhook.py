@@ -4,6 +4,8 @@ the pipeline's webhook secret)."""
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import pytest
 from django.test import Client
@@ -155,3 +157,108 @@ def test_a_body_over_64_kib_is_413_even_when_signed(client, pipeline):
 
 def test_only_post(client, pipeline):
     assert client.get("/hooks/hooked/").status_code == 405
+
+
+# --- timestamped signatures (replay protection) ------------------------------------------
+
+
+def post_at(client, pipeline, payload, timestamp, *, secret=None, signed_at=None):
+    """A request signed over "<timestamp>.<body>" (signed_at: a different signed timestamp)."""
+    body = json.dumps(payload).encode()
+    signature = sign(
+        secret or pipeline.webhook_secret, body, signed_at if signed_at is not None else timestamp
+    )
+    return client.post(
+        f"/hooks/{pipeline.slug}/",
+        body,
+        content_type="application/json",
+        HTTP_X_CLEARWAY_SIGNATURE=signature,
+        HTTP_X_CLEARWAY_TIMESTAMP=str(timestamp),
+    )
+
+
+def now_s() -> int:
+    return int(time.time())
+
+
+def test_a_timestamped_request_triggers_a_run_once(client, pipeline, worker):
+    ts = now_s()
+    first = post_at(client, pipeline, {"parameters": {"ref": "abc"}}, ts)
+    assert first.status_code == 201, first.content
+    again = post_at(client, pipeline, {"parameters": {"ref": "abc"}}, ts)  # captured, replayed
+    assert again.status_code == 409
+    assert "already received" in again.json()["message"]
+    assert Run.objects.count() == 1
+    event = AuditEvent.objects.get(action="webhook.refused")
+    assert event.outcome == "denied" and event.details["reason"] == "replayed delivery"
+    # The same parameters sent again as a new request (a new timestamp) are another run.
+    later = post_at(client, pipeline, {"parameters": {"ref": "abc"}}, ts + 1)
+    assert later.status_code == 201
+
+
+def test_the_timestamp_is_part_of_what_is_signed(client, pipeline):
+    ts = now_s()
+    # Signed over the body alone, sent with a timestamp; signed for another timestamp.
+    body = json.dumps({"parameters": {"ref": "abc"}}).encode()
+    body_only = client.post(
+        "/hooks/hooked/",
+        body,
+        content_type="application/json",
+        HTTP_X_CLEARWAY_SIGNATURE=sign(pipeline.webhook_secret, body),
+        HTTP_X_CLEARWAY_TIMESTAMP=str(ts),
+    )
+    assert body_only.status_code == 403
+    moved = post_at(client, pipeline, {"parameters": {"ref": "abc"}}, ts, signed_at=ts - 60)
+    assert moved.status_code == 403
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("offset, words", [(-302, "behind"), (400, "ahead of")])
+def test_a_timestamp_outside_the_window_is_refused(client, pipeline, offset, words):
+    response = post_at(client, pipeline, {"parameters": {"ref": "abc"}}, now_s() + offset)
+    assert response.status_code == 403
+    message = response.json()["message"]
+    seconds = int(re.search(rf"is (\d+) s {words} the server's clock", message).group(1))
+    assert abs(abs(offset) - seconds) <= 1  # the clock may tick in between
+    assert "allowed: 300 s" in message
+    assert not Run.objects.exists()
+    assert AuditEvent.objects.get(action="webhook.refused").details["reason"] == message
+
+
+@pytest.mark.parametrize("value", ["yesterday", "-5", "1.5", "9" * 13])
+def test_a_malformed_timestamp_is_refused(client, pipeline, value):
+    response = post_at(client, pipeline, {"parameters": {"ref": "abc"}}, value)
+    assert response.status_code == 403
+    assert response.json()["message"] == (
+        "X-Clearway-Timestamp must be the Unix time in whole seconds"
+    )
+
+
+def test_a_refused_request_can_be_sent_again(client, pipeline, worker):
+    """Bad parameters: nothing ran, so the same signed request is not a replay."""
+    ts = now_s()
+    assert post_at(client, pipeline, {"parameters": {}}, ts).status_code == 400
+    assert post_at(client, pipeline, {"parameters": {}}, ts).status_code == 400
+
+
+def test_timestamps_can_be_required(client, pipeline, settings, worker):
+    settings.CLEARWAY = {**settings.CLEARWAY, "WEBHOOK_REQUIRE_TIMESTAMP": True}
+    response = signed(client, pipeline, {"parameters": {"ref": "abc"}})
+    assert response.status_code == 403
+    assert "missing X-Clearway-Timestamp" in response.json()["message"]
+    assert post_at(client, pipeline, {"parameters": {"ref": "abc"}}, now_s()).status_code == 201
+
+
+def test_old_deliveries_are_forgotten(client, pipeline, worker):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from orchestrator.models import WebhookDelivery
+
+    WebhookDelivery.objects.create(
+        pipeline=pipeline, signature="a" * 64, received_at=timezone.now() - timedelta(hours=1)
+    )
+    assert post_at(client, pipeline, {"parameters": {"ref": "abc"}}, now_s()).status_code == 201
+    assert list(WebhookDelivery.objects.values_list("signature", flat=True)) != ["a" * 64]
+    assert WebhookDelivery.objects.count() == 1
