@@ -5,8 +5,10 @@ joins the group of every pipeline they may view; `{"subscribe": "run", "id": N}`
 run's log stream after the same permission check the pages use, and answers
 `{"type": "subscribed", "run": N, "seq": S}` with the run's current sequence number so the
 client can tell whether it missed anything. Permissions are decided by
-governance.permissions, and re-decided on every (re)connect and every subscription, so
-revoked access stops at the latest on reconnect.
+governance.permissions, and re-decided on every (re)connect, every subscription and whenever
+the user's access changes: role, team and object-permission changes are announced to the
+user's own group (events.publish_access_changed, from governance.signals), and the consumer
+then follows exactly the pipelines the user may view now — revoked access stops at once.
 """
 
 from __future__ import annotations
@@ -39,10 +41,29 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         self.groups_joined: set[str] = set()
         self.runs: set[int] = set()
         self.pipeline_ids = await self._visible_pipeline_ids(user)
+        await self._join(events.user_group(user.pk))
         for pid in self.pipeline_ids:
             await self._join(events.pipeline_group(pid))
         await self.accept()
         await self.send_json({"type": "hello", "pipelines": sorted(self.pipeline_ids)})
+
+    async def clearway_access(self, message):
+        """The user's access changed (events.publish_access_changed): follow exactly the
+        pipelines they may view now — a revoked one stops at once, with its runs' logs — and
+        tell the page, which re-reads what it shows."""
+        user = self.scope["user"]
+        visible = await self._visible_pipeline_ids(user)
+        for pid in self.pipeline_ids - visible:
+            await self._leave(events.pipeline_group(pid))
+        for pid in visible - self.pipeline_ids:
+            await self._join(events.pipeline_group(pid))
+        self.pipeline_ids = visible
+        if self.runs:
+            still = await self._visible_runs(user, self.runs)
+            for run_id in self.runs - still:
+                await self._leave(events.run_group(run_id))
+            self.runs = still
+        await self.send_json({"type": "access.changed", "pipelines": sorted(visible)})
 
     async def __call__(self, scope, receive, send):
         try:
@@ -82,9 +103,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         elif content.get("unsubscribe") == "run":
             run_id = content.get("id")
             if run_id in self.runs:
-                group = events.run_group(run_id)
-                await self.channel_layer.group_discard(group, self.channel_name)
-                self.groups_joined.discard(group)
+                await self._leave(events.run_group(run_id))
                 self.runs.discard(run_id)
         else:
             await self.send_json({"type": "error", "message": "unknown message"})
@@ -141,6 +160,17 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def _join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.add(group)
+
+    async def _leave(self, group: str) -> None:
+        await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined.discard(group)
+
+    @database_sync_to_async
+    def _visible_runs(self, user, run_ids: set[int]) -> set[int]:
+        from orchestrator.models import Run
+
+        runs = permissions.restrict(Run.objects.filter(pk__in=run_ids), user)
+        return set(runs.values_list("pk", flat=True))
 
     @database_sync_to_async
     def _visible_pipeline_ids(self, user) -> set[int]:

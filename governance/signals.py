@@ -42,6 +42,20 @@ def _groups_changed(sender, instance, action, pk_set, reverse, **kwargs):
         users = [instance]
     for user in users:
         audit.record(None, f"role.{action.removeprefix('post_')}", user, groups=names)
+    _access_changed([u.pk for u in users])
+
+
+def _access_changed(user_ids) -> None:
+    from orchestrator import events
+
+    events.publish_access_changed(user_ids)
+
+
+def _holders(obj) -> list[int]:
+    """The users whose access an object permission decides."""
+    if isinstance(obj, UserObjectPermission):
+        return [obj.user_id]
+    return list(User.objects.filter(groups=obj.group_id).values_list("pk", flat=True))
 
 
 def _perm_details(obj) -> dict:
@@ -62,6 +76,7 @@ def _perm_granted(sender, instance, created, **kwargs):
         audit.record(
             None, "permission.grant", ("permission", instance.pk, ""), **_perm_details(instance)
         )
+        _access_changed(_holders(instance))
 
 
 @receiver(post_delete, sender=UserObjectPermission)
@@ -70,3 +85,4 @@ def _perm_revoked(sender, instance, **kwargs):
     audit.record(
         None, "permission.revoke", ("permission", instance.pk, ""), **_perm_details(instance)
     )
+    _access_changed(_holders(instance))

@@ -6,8 +6,8 @@ ordered by the row lock) and send after commit. A client that sees a gap in a ru
 re-reads the run over HTTP: the database, not the stream, is the source of truth.
 
 Groups: "pipeline.<id>" receives status events of the pipeline's runs; "run.<id>" receives
-the log lines of one run. Delivery is fire-and-forget from one sender loop per process, which
-keeps events in order. In standalone mode the sender is the web server's own loop, because
+the log lines of one run; "user.<id>" is told when that user's access changes. Delivery is
+fire-and-forget from one sender loop per process, which keeps events in order. In standalone mode the sender is the web server's own loop, because
 the in-memory channel layer is not thread-safe (see docs/architecture.md).
 
 Inside `batch()` (the engine's transitions use it, with the run row already locked), events
@@ -32,6 +32,29 @@ logger = logging.getLogger(__name__)
 
 GROUP_PIPELINE = "pipeline.{}"
 GROUP_RUN = "run.{}"
+
+
+GROUP_USER = "user.{}"
+
+
+def user_group(user_id: int) -> str:
+    """Each connected user's own group: told when what they may see changes."""
+    return GROUP_USER.format(user_id)
+
+
+def publish_access_changed(user_ids) -> None:
+    """After commit, tell these users' live connections that their access changed (a role,
+    a team, an object permission): they re-decide which pipelines they follow at once,
+    instead of on their next reconnect. Not numbered: it belongs to no run."""
+    user_ids = sorted(set(user_ids))
+    if not user_ids:
+        return
+
+    def send() -> None:
+        for user_id in user_ids:
+            sender.send(user_group(user_id), {"type": "clearway.access"})
+
+    transaction.on_commit(send)
 
 
 def pipeline_group(pipeline_id: int) -> str:

@@ -4,8 +4,10 @@
  * - #live-indicator shows the connection: class "ok" + "live", or "down" + "reconnecting…".
  * - Every message is re-dispatched on `document` as a `clearway:event` CustomEvent
  *   (detail = the event); `clearway:open` (detail.reconnect) fires on every connect.
- * - Overview / wallboard: run.updated and stage.updated refresh the [data-live-refresh]
- *   partials through htmx (debounced); gate.updated refreshes the approvals badge.
+ * - Overview / wallboard: run.updated, stage.updated and access.changed (the user's access
+ *   changed; the server already follows the new set of pipelines) refresh the
+ *   [data-live-refresh] partials through htmx (debounced); gate.updated refreshes the
+ *   approvals badge.
  * - Run page (#run[data-run-id]): subscribes to the run, applies status events through data
  *   attributes, appends log lines at their offsets, and tracks the run's `seq`. On a gap or a
  *   reconnect it re-reads /api/v1/runs/<id>/ and every log from its last offset, so the page
@@ -115,7 +117,7 @@
 
   document.addEventListener("clearway:event", function (e) {
     var type = e.detail.type;
-    if (type === "run.updated" || type === "stage.updated") refreshPartials();
+    if (type === "run.updated" || type === "stage.updated" || type === "access.changed") refreshPartials();
     var status = e.detail.data && e.detail.data.status;
     if (type === "gate.updated" || (type === "run.updated" && ["waiting", "canceled", "blocked"].indexOf(status) >= 0)) {
       refreshGates();

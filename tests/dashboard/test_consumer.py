@@ -247,6 +247,60 @@ async def test_revoked_access_stops_on_reconnect(make_user, team, make_run):
     await communicator.disconnect()
 
 
+@live
+async def test_revoked_access_stops_at_once(make_user, team, make_run):
+    """Removed from the team while connected: the consumer leaves the pipeline's group and
+    the run's log stream right away and tells the page; nothing of that pipeline arrives."""
+    member = await database_sync_to_async(make_user)("tess", "developer", "team-payments")
+    run = await database_sync_to_async(make_run)()
+    communicator, _, _ = await connect(member)
+    assert (await communicator.receive_json_from())["pipelines"] == [run.pipeline_id]
+    await communicator.send_json_to({"subscribe": "run", "id": run.pk})
+    assert (await communicator.receive_json_from())["type"] == "subscribed"
+
+    await database_sync_to_async(lambda: member.groups.remove(team.group))()
+    changed = await communicator.receive_json_from(timeout=2)
+    assert changed == {"type": "access.changed", "pipelines": []}
+    await database_sync_to_async(_publish_sequence)(run)  # status events and log lines
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()
+
+
+@live
+async def test_granted_access_starts_at_once(make_user, team, make_run):
+    """Added to the team while connected: the pipeline's events arrive without a reconnect."""
+    newcomer = await database_sync_to_async(make_user)("nina", "developer")
+    run = await database_sync_to_async(make_run)()
+    communicator, _, _ = await connect(newcomer)
+    assert (await communicator.receive_json_from())["pipelines"] == []
+
+    await database_sync_to_async(lambda: newcomer.groups.add(team.group))()
+    changed = await communicator.receive_json_from(timeout=2)
+    assert changed == {"type": "access.changed", "pipelines": [run.pipeline_id]}
+    await database_sync_to_async(_publish_sequence)(run)
+    types = [(await communicator.receive_json_from(timeout=2))["type"] for _ in range(2)]
+    assert types == ["stage.updated", "run.updated"]
+    await communicator.disconnect()
+
+
+@live
+async def test_an_object_permission_granted_to_the_user_counts_at_once(make_user, make_run):
+    """django-guardian: view_pipeline on one pipeline, given to the user directly."""
+    from guardian.shortcuts import assign_perm
+
+    guest = await database_sync_to_async(make_user)("gus")  # no role, no team
+    run = await database_sync_to_async(make_run)()
+    communicator, _, _ = await connect(guest)
+    assert (await communicator.receive_json_from())["pipelines"] == []
+
+    await database_sync_to_async(
+        lambda: assign_perm("orchestrator.view_pipeline", guest, run.pipeline)
+    )()
+    changed = await communicator.receive_json_from(timeout=2)
+    assert changed == {"type": "access.changed", "pipelines": [run.pipeline_id]}
+    await communicator.disconnect()
+
+
 def test_a_channel_layer_outage_closes_the_socket_with_one_log_line(
     developer, make_run, monkeypatch, caplog
 ):

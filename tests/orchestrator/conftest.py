@@ -108,8 +108,14 @@ stages:
 class Published(list):
     """Events handed to the channel-layer sender, in sending order."""
 
+    def messages(self) -> list[tuple[str, dict]]:
+        """(group, message) of the runs' events: without the access notices to users."""
+        return [(g, m) for g, m in self if m["type"] != "clearway.access"]
+
     def events(self, run_id: int | None = None, type: str | None = None) -> list[dict]:
-        out = [e for _, message in self for e in message.get("events") or [message["event"]]]
+        out = [
+            e for _, message in self.messages() for e in message.get("events") or [message["event"]]
+        ]
         if run_id is not None:
             out = [e for e in out if e["run"] == run_id]
         if type is not None:

@@ -369,9 +369,9 @@ def test_live_events_carry_a_strictly_increasing_sequence_per_run(
         assert {"run.updated", "stage.updated", "step.updated", "log"} <= types
         last_run_event = published.events(run.pk, "run.updated")[-1]
         assert last_run_event["data"]["status"] == run.status
-    groups = {group for group, _ in published}
+    groups = {group for group, _ in published.messages()}
     assert f"pipeline.{first.pipeline_id}" in groups and f"run.{first.pk}" in groups
     # Log lines go to the run's group only, status events to the pipeline's.
-    for group, message in published:
+    for group, message in published.messages():
         for event in message.get("events") or [message["event"]]:
             assert group.startswith("run.") == (event["type"] == "log"), (group, event)

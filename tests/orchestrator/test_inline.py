@@ -350,7 +350,7 @@ def test_a_transitions_events_travel_together_in_order(start, worker, published)
     del published[:]
     run_chained(first)
     run.refresh_from_db()
-    messages = [(group, message) for group, message in published if message["type"]]
+    messages = published.messages()
     shapes = [
         (group.split(".")[0], [e["type"] for e in m.get("events") or [m["event"]]])
         for group, m in messages
