@@ -52,6 +52,11 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         pipelines they may view now — a revoked one stops at once, with its runs' logs — and
         tell the page, which re-reads what it shows."""
         user = self.scope["user"]
+        await database_sync_to_async(user.refresh_from_db)()  # is_active, is_superuser
+        if not user.is_active:
+            await self._leave_groups()
+            await self.close(code=4403)
+            return
         visible = await self._visible_pipeline_ids(user)
         for pid in self.pipeline_ids - visible:
             await self._leave(events.pipeline_group(pid))

@@ -45,6 +45,16 @@ def _groups_changed(sender, instance, action, pk_set, reverse, **kwargs):
     _access_changed([u.pk for u in users])
 
 
+@receiver(post_save, sender=User)
+def _account_changed(sender, instance, created, update_fields=None, **kwargs):
+    """Deactivated, or made (or no longer) a superuser: open connections re-decide. Saves
+    that name other fields only (`last_login` on every login) are not announced."""
+    if created:
+        return
+    if update_fields is None or {"is_active", "is_superuser"} & set(update_fields):
+        _access_changed([instance.pk])
+
+
 def _access_changed(user_ids) -> None:
     from orchestrator import events
 

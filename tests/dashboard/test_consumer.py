@@ -301,6 +301,39 @@ async def test_an_object_permission_granted_to_the_user_counts_at_once(make_user
     await communicator.disconnect()
 
 
+@live
+async def test_a_deactivated_user_is_disconnected_at_once(make_user, team, make_run):
+    member = await database_sync_to_async(make_user)("dora", "developer", "team-payments")
+    await database_sync_to_async(make_run)()
+    communicator, _, _ = await connect(member)
+    await communicator.receive_json_from()  # hello
+
+    def deactivate():
+        member.is_active = False
+        member.save()
+
+    await database_sync_to_async(deactivate)()
+    closed = await communicator.receive_output(timeout=2)
+    assert closed == {"type": "websocket.close", "code": 4403}
+
+
+@live
+async def test_a_new_superuser_follows_every_pipeline_at_once(make_user, make_run):
+    plain = await database_sync_to_async(make_user)("pat")  # no role, no team
+    run = await database_sync_to_async(make_run)()
+    communicator, _, _ = await connect(plain)
+    assert (await communicator.receive_json_from())["pipelines"] == []
+
+    def promote():
+        plain.is_superuser = True
+        plain.save(update_fields=["is_superuser"])
+
+    await database_sync_to_async(promote)()
+    changed = await communicator.receive_json_from(timeout=2)
+    assert changed == {"type": "access.changed", "pipelines": [run.pipeline_id]}
+    await communicator.disconnect()
+
+
 def test_a_channel_layer_outage_closes_the_socket_with_one_log_line(
     developer, make_run, monkeypatch, caplog
 ):
