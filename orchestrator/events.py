@@ -7,8 +7,9 @@ re-reads the run over HTTP: the database, not the stream, is the source of truth
 
 Groups: "pipeline.<id>" receives status events of the pipeline's runs; "run.<id>" receives
 the log lines of one run; "user.<id>" is told when that user's access changes. Delivery is
-fire-and-forget from one sender loop per process, which keeps events in order. In standalone mode the sender is the web server's own loop, because
-the in-memory channel layer is not thread-safe (see docs/architecture.md).
+fire-and-forget from one sender loop per process, which keeps events in order. In
+standalone mode the sender is the web server's own loop, because the in-memory channel layer
+is not thread-safe (see docs/architecture.md).
 
 Inside `batch()` (the engine's transitions use it, with the run row already locked), events
 are numbered when the block ends: one `event_seq = event_seq + n` for all of them, in the
