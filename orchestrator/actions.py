@@ -19,13 +19,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from governance import audit
 from governance.models import Environment, Outcome
 
-from . import engine, events, spec
+from . import engine, events, fastsql, spec
 from .models import (
     STEP_TERMINAL,
     Pipeline,
@@ -104,10 +103,10 @@ def _lock_run_of_step(step_id: int, known: Run | None = None) -> Run | None:
     `known`: the run as the caller (the step's executor) already has it, pipeline included —
     then only the run row is read again."""
     if known is not None and Run.pipeline.is_cached(known):
-        try:
-            run = Run.objects.select_for_update().get(pk=known.pk)
-        except Run.DoesNotExist:
+        rows = fastsql.select(Run, "id = %s", [known.pk], lock=True)
+        if not rows:
             return None
+        run = rows[0]
         run.pipeline = known.pipeline  # its slug names the run in the audit log
         return run
     return (
@@ -121,7 +120,9 @@ def _lock_run_of_step(step_id: int, known: Run | None = None) -> Run | None:
 def _stages_and_steps(run: Run, step_id: int) -> tuple[list[StageRun], list[StepRun]]:
     """The stages of a run (locked by the caller), the steps of those that have not ended —
     all the engine looks at — and step `step_id` whatever its stage."""
-    stages = list(run.stages.order_by("position"))
+    stages = fastsql.select(StageRun, "run_id = %s", [run.pk], order_by="position")
+    for stage in stages:
+        stage.run = run  # as run.stages would: no lazy read of the run
     # Environments only for the stages that may still start or run (the gate, the step's
     # environment variables): most pipelines have none, and the join costs on every finish.
     wanted = {s.environment_id for s in stages if s.environment_id and not s.is_terminal}
@@ -133,9 +134,9 @@ def _stages_and_steps(run: Run, step_id: int) -> tuple[list[StageRun], list[Step
     # By stage id, not by a join on the run: an index scan whatever the table's size. Ordered
     # by position explicitly: StepRun's default ordering joins stage and run to sort.
     open_stages = [s.pk for s in stages if not s.is_terminal]
-    steps = list(
-        StepRun.objects.filter(Q(stage_id__in=open_stages) | Q(pk=step_id)).order_by("position")
-    )
+    marks = ", ".join(["%s"] * len(open_stages))
+    where = f"stage_id IN ({marks}) OR id = %s" if open_stages else "id = %s"
+    steps = fastsql.select(StepRun, where, [*open_stages, step_id], order_by="position")
     return stages, steps
 
 
@@ -516,7 +517,7 @@ def _finish(
         fields = log.write_locked(step) if log is not None else []
         if step.status != StepStatus.RUNNING or step.attempt != attempt:
             if fields:
-                step.save(update_fields=fields)
+                fastsql.update(step, fields)
             if not run.is_terminal:
                 _advance_locked(run, now, stages=stages, steps=steps)
             return step, None
@@ -531,8 +532,8 @@ def _finish(
             step.status = StepStatus.PENDING  # engine.queue_step re-queues it below
         else:
             step.status = StepStatus.FAILED
-        step.save(
-            update_fields=["exit_code", "error", "finished_at", "heartbeat_at", "status", *fields]
+        fastsql.update(
+            step, ["exit_code", "error", "finished_at", "heartbeat_at", "status", *fields]
         )
         audit.record(
             None,

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from governance import audit
 
-from . import events
+from . import events, fastsql
 from .models import (
     Run,
     RunStatus,
@@ -68,7 +68,7 @@ class _Writes:
 
     def save(self) -> None:
         for stage, fields in self.rows.values():
-            stage.save(update_fields=sorted(fields))
+            fastsql.update(stage, sorted(fields))
         self.rows.clear()
 
 
@@ -128,18 +128,20 @@ def _claim_pending(
     worker's claim — this attempt is started once. False if the row was not as expected."""
     now = timezone.now()
     attempt = step.attempt + 1
-    claimed = StepRun.objects.filter(
-        pk=step.pk, status=StepStatus.PENDING, attempt=step.attempt
-    ).update(
-        status=StepStatus.RUNNING,
-        attempt=attempt,
-        queued_at=now,
-        started_at=now,
-        finished_at=None,
-        heartbeat_at=now,
-        worker=worker[:200],
-        exit_code=None,
-        error="",
+    claimed = fastsql.update_where(
+        StepRun,
+        {
+            "status": StepStatus.RUNNING,
+            "attempt": attempt,
+            "queued_at": now,
+            "started_at": now,
+            "finished_at": None,
+            "heartbeat_at": now,
+            "worker": worker[:200],
+            "exit_code": None,
+            "error": "",
+        },
+        {"id": step.pk, "status": StepStatus.PENDING, "attempt": step.attempt},
     )
     if claimed != 1:
         return False

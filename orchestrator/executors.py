@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
-from . import actions, events
+from . import actions, events, fastsql
 from .models import LogChunk, StepRun
 
 MAX_LINE_CHARS = 8192
@@ -140,8 +140,8 @@ class LogWriter:
             return []
         lines, self.buffer = self.buffer, []
         events.publish_log(step, self.run_id, self.offset, lines)
-        LogChunk.objects.create(
-            step=step, offset=self.offset, line_count=len(lines), text="\n".join(lines)
+        fastsql.insert(
+            LogChunk(step=step, offset=self.offset, line_count=len(lines), text="\n".join(lines))
         )
         self.offset += len(lines)
         step.log_lines += len(lines)  # `step` was read under the lock: as F() + n

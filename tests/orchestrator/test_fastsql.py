@@ -1,0 +1,91 @@
+"""orchestrator.fastsql: the engine's plain-SQL reads and writes give the same rows and
+instances as the ORM calls they replace (JSON, datetimes, NULLs, booleans included)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from orchestrator import fastsql
+from orchestrator.models import LogChunk, Run, StageRun, StepRun, StepStatus
+
+pytestmark = pytest.mark.django_db
+
+FIELDS = [f.attname for f in StepRun._meta.concrete_fields]
+
+
+def as_orm_reads(obj) -> dict:
+    return {name: getattr(obj, name) for name in FIELDS}
+
+
+@pytest.fixture
+def step(make_run):
+    run = make_run()
+    return StepRun.objects.filter(stage__run=run).order_by("pk").first()
+
+
+def test_select_builds_the_instances_the_orm_would(step):
+    StepRun.objects.filter(pk=step.pk).update(
+        config={"run": "echo ü", "env": {"A": "1"}, "retries": 2},
+        heartbeat_at=timezone.now(),
+        exit_code=None,
+        log_truncated=True,
+    )
+    [fast] = fastsql.select(StepRun, "id = %s", [step.pk])
+    orm = StepRun.objects.get(pk=step.pk)
+    assert as_orm_reads(fast) == as_orm_reads(orm)
+    assert fast.config["env"] == {"A": "1"} and fast.log_truncated is True
+    assert fast.heartbeat_at.tzinfo is not None
+    assert not fast._state.adding and fast._state.db == connection.alias
+
+
+def test_select_orders_and_locks(step):
+    run = step.stage.run
+    with transaction.atomic():
+        [locked] = fastsql.select(Run, "id = %s", [run.pk], lock=True)
+        assert locked.pk == run.pk
+    stages = fastsql.select(StageRun, "run_id = %s", [run.pk], order_by="position DESC")
+    assert [s.pk for s in stages] == list(
+        StageRun.objects.filter(run=run).order_by("-position").values_list("pk", flat=True)
+    )
+    assert fastsql.select(StageRun, "run_id = %s", [-1]) == []
+
+
+def test_update_writes_exactly_the_named_fields(step):
+    now = timezone.now()
+    step.status, step.finished_at, step.exit_code = StepStatus.FAILED, now, 3
+    step.error = "bad – ünïcode"
+    step.config = {"changed": "in memory only"}
+    assert fastsql.update(step, ["status", "finished_at", "exit_code", "error"]) == 1
+    fresh = StepRun.objects.get(pk=step.pk)
+    assert (fresh.status, fresh.finished_at, fresh.exit_code, fresh.error) == (
+        StepStatus.FAILED,
+        now,
+        3,
+        "bad – ünïcode",
+    )
+    assert fresh.config != {"changed": "in memory only"}  # not named: not written
+    step.heartbeat_at = None
+    fastsql.update(step, ["heartbeat_at"])
+    assert StepRun.objects.get(pk=step.pk).heartbeat_at is None
+
+
+def test_update_where_is_conditional(step):
+    step = StepRun.objects.filter(stage__run=step.stage.run, status=StepStatus.PENDING).first()
+    values = {"status": StepStatus.RUNNING, "attempt": step.attempt + 1, "worker": "w1"}
+    where = {"id": step.pk, "status": StepStatus.PENDING, "attempt": step.attempt}
+    assert fastsql.update_where(StepRun, values, where) == 1
+    assert fastsql.update_where(StepRun, values, where) == 0  # no longer pending
+    fresh = StepRun.objects.get(pk=step.pk)
+    assert (fresh.status, fresh.worker) == (StepStatus.RUNNING, "w1")
+
+
+def test_insert_fills_defaults_like_save(step):
+    before = timezone.now()
+    fastsql.insert(LogChunk(step=step, offset=0, line_count=2, text="a\nb"))
+    chunk = LogChunk.objects.get(step=step)
+    assert (chunk.offset, chunk.line_count, chunk.text) == (0, 2, "a\nb")
+    assert before - timedelta(seconds=1) <= chunk.created_at <= timezone.now()
