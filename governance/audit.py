@@ -117,13 +117,12 @@ def record(
 
 
 def _append(events: list[AuditEvent]) -> None:
-    """Chain `events` (in this order) onto the head and insert them.
-
-    Three statements whatever the number of rows: lock the head, one multi-row INSERT, move
-    the head. Written as plain SQL from the model's metadata rather than through the ORM:
-    this runs in every engine transition, and the ORM's compile and save machinery cost
-    several times the statements themselves (benchmarks/ENGINE_RESULTS.md). Values go
-    through each field's get_db_prep_save, as the ORM would send them."""
+    """Chain `events` (in this order) onto the head and insert them: lock the head,
+    multi-row INSERTs (three rows each), move the head. Written as plain SQL from the
+    model's metadata rather than through the ORM: this runs in every engine transition, and
+    the ORM's compile and save machinery cost several times the statements themselves
+    (benchmarks/ENGINE_RESULTS.md). Values go through each field's get_db_prep_save, as the
+    ORM would send them."""
     if not events:
         return
     # No savepoint: the caller's transaction (or this one) is the unit; an append either
@@ -141,13 +140,18 @@ def _append(events: list[AuditEvent]) -> None:
             event.seq, event.prev_hash = seq, prev
             event.hash = prev = compute_hash(prev, row_payload(event))
         fields = _SQL.fields()
-        params = [
-            f.get_db_prep_save(getattr(e, f.attname), connection) for e in events for f in fields
-        ]
-        cursor.execute(_SQL.insert(len(events)), params)
-        if _SQL.returning():
-            for event, (pk,) in zip(events, cursor.fetchall(), strict=True):
-                event.pk = pk
+        # psycopg caches the parsed form of a statement with at most 50 parameters: rows go
+        # in statements of that size (3 rows of 14 fields), whose parsing is then free.
+        per_statement = max(1, 50 // len(fields))
+        for start in range(0, len(events), per_statement):
+            chunk = events[start : start + per_statement]
+            params = [
+                f.get_db_prep_save(getattr(e, f.attname), connection) for e in chunk for f in fields
+            ]
+            cursor.execute(_SQL.insert(len(chunk)), params)
+            if _SQL.returning():
+                for event, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
+                    event.pk = pk
         for event in events:
             event._state.adding, event._state.db = False, connection.alias
         cursor.execute(_SQL.move_head(), [seq, prev])
