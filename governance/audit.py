@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from .batching import TransactionBatch, batching
@@ -118,81 +118,29 @@ def record(
 
 def _append(events: list[AuditEvent]) -> None:
     """Chain `events` (in this order) onto the head and insert them: lock the head,
-    multi-row INSERTs (three rows each), move the head. Written as plain SQL from the
-    model's metadata rather than through the ORM: this runs in every engine transition, and
-    the ORM's compile and save machinery cost several times the statements themselves
-    (benchmarks/ENGINE_RESULTS.md). Values go through each field's get_db_prep_save, as the
-    ORM would send them."""
+    multi-row INSERTs, move the head — through orchestrator.fastsql (plain SQL built from the
+    models' metadata): this runs in every engine transition, where the ORM's compile and
+    save machinery cost several times the statements themselves."""
+    from orchestrator import fastsql
+
     if not events:
         return
     # No savepoint: the caller's transaction (or this one) is the unit; an append either
     # commits with the change it records or not at all.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        cursor.execute(_SQL.lock_head())
-        row = cursor.fetchone()
-        if row is None:
+    with transaction.atomic(savepoint=False):
+        heads = fastsql.select(AuditChainHead, "id = 1", [], lock=True)
+        if not heads:
             AuditChainHead.objects.get_or_create(pk=1)
-            cursor.execute(_SQL.lock_head())
-            row = cursor.fetchone()
-        seq, prev = row
+            heads = fastsql.select(AuditChainHead, "id = 1", [], lock=True)
+        head = heads[0]
+        seq, prev = head.seq, head.hash
         for event in events:
             seq += 1
             event.seq, event.prev_hash = seq, prev
             event.hash = prev = compute_hash(prev, row_payload(event))
-        fields = _SQL.fields()
-        # psycopg caches the parsed form of a statement with at most 50 parameters: rows go
-        # in statements of that size (3 rows of 14 fields), whose parsing is then free.
-        per_statement = max(1, 50 // len(fields))
-        for start in range(0, len(events), per_statement):
-            chunk = events[start : start + per_statement]
-            params = [
-                f.get_db_prep_save(getattr(e, f.attname), connection) for e in chunk for f in fields
-            ]
-            cursor.execute(_SQL.insert(len(chunk)), params)
-            if _SQL.returning():
-                for event, (pk,) in zip(chunk, cursor.fetchall(), strict=True):
-                    event.pk = pk
-        for event in events:
-            event._state.adding, event._state.db = False, connection.alias
-        cursor.execute(_SQL.move_head(), [seq, prev])
-
-
-class _SQL:
-    """The statements of _append, built once from the models (table and column names)."""
-
-    @staticmethod
-    def _qn(name: str) -> str:
-        return connection.ops.quote_name(name)
-
-    @classmethod
-    def fields(cls) -> list:
-        return [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
-
-    @classmethod
-    def returning(cls) -> bool:
-        return connection.features.can_return_rows_from_bulk_insert
-
-    @classmethod
-    def lock_head(cls) -> str:
-        table = cls._qn(AuditChainHead._meta.db_table)
-        lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-        return f"SELECT {cls._qn('seq')}, {cls._qn('hash')} FROM {table} WHERE {cls._qn('id')} = 1{lock}"  # noqa: S608, E501
-
-    @classmethod
-    def insert(cls, rows: int) -> str:
-        table = cls._qn(AuditEvent._meta.db_table)
-        fields = cls.fields()
-        columns = ", ".join(cls._qn(f.column) for f in fields)
-        row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-        sql = f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([row] * rows)  # noqa: S608
-        if cls.returning():
-            sql += f" RETURNING {cls._qn(AuditEvent._meta.pk.column)}"
-        return sql
-
-    @classmethod
-    def move_head(cls) -> str:
-        table = cls._qn(AuditChainHead._meta.db_table)
-        return f"UPDATE {table} SET {cls._qn('seq')} = %s, {cls._qn('hash')} = %s WHERE {cls._qn('id')} = 1"  # noqa: S608, E501
+        fastsql.insert_many(events)
+        head.seq, head.hash = seq, prev
+        fastsql.update(head, ["seq", "hash"])
 
 
 _batch: contextvars.ContextVar[TransactionBatch | None] = contextvars.ContextVar(

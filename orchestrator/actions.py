@@ -354,7 +354,7 @@ def _create_stages(run: Run, parsed: dict, envs: dict) -> tuple[list[StageRun], 
                 environment=envs.get(env_name),
             )
         )
-    StageRun.objects.bulk_create(stages)  # one INSERT; the ids come back (PostgreSQL, SQLite)
+    fastsql.insert_many(stages)  # one INSERT; the ids come back (PostgreSQL, SQLite)
     steps = [
         StepRun(
             stage=stage,
@@ -367,7 +367,7 @@ def _create_stages(run: Run, parsed: dict, envs: dict) -> tuple[list[StageRun], 
         for stage, stage_spec in zip(stages, parsed["stages"], strict=True)
         for step_position, step_spec in enumerate(stage_spec["steps"])
     ]
-    StepRun.objects.bulk_create(steps)
+    fastsql.insert_many(steps)
     return stages, steps
 
 
