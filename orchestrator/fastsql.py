@@ -81,8 +81,8 @@ def _insert_sql(model, rows: int, returning: bool) -> tuple[str, tuple]:
 
 def insert_many(objs: list, *, return_ids: bool = True) -> None:
     """`Model.objects.bulk_create(objs)`: multi-row INSERTs of at most MAX_CACHED_PARAMS
-    parameters each; with `return_ids`, the new primary keys are set on the objects
-    (RETURNING: PostgreSQL, SQLite ≥ 3.35)."""
+    parameters each when two statements hold them all, else one; with `return_ids`, the new
+    primary keys are set on the objects (RETURNING: PostgreSQL, SQLite ≥ 3.35)."""
     if not objs:
         return
     conn = _conn()
@@ -90,6 +90,9 @@ def insert_many(objs: list, *, return_ids: bool = True) -> None:
     returning = return_ids and conn.features.can_return_rows_from_bulk_insert
     width = len(_insert_sql(model, 1, False)[1])
     per_statement = max(1, MAX_CACHED_PARAMS // width)
+    if len(objs) > 2 * per_statement:
+        # More than two round trips cost more than parsing one big statement.
+        per_statement = len(objs)
     with conn.cursor() as cursor:
         for start in range(0, len(objs), per_statement):
             chunk = objs[start : start + per_statement]

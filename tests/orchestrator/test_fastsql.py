@@ -89,3 +89,21 @@ def test_insert_fills_defaults_like_save(step):
     chunk = LogChunk.objects.get(step=step)
     assert (chunk.offset, chunk.line_count, chunk.text) == (0, 2, "a\nb")
     assert before - timedelta(seconds=1) <= chunk.created_at <= timezone.now()
+
+
+def test_insert_many_sets_the_new_ids_in_at_most_two_statements_or_one(step):
+    from django.test.utils import CaptureQueriesContext
+
+    few = [LogChunk(step=step, offset=i, line_count=1, text=f"line {i}") for i in range(3)]
+    many = [LogChunk(step=step, offset=i, line_count=1, text=f"line {i}") for i in range(3, 60)]
+    with CaptureQueriesContext(connection) as queries:
+        fastsql.insert_many(few)
+    assert len(queries) <= 2
+    with CaptureQueriesContext(connection) as queries:
+        fastsql.insert_many(many)
+    assert len(queries) == 1  # past two statements' worth: one big one
+    ids = [c.pk for c in few + many]
+    assert None not in ids and len(set(ids)) == 60
+    assert list(
+        LogChunk.objects.filter(step=step).order_by("pk").values_list("text", flat=True)
+    ) == [f"line {i}" for i in range(60)]
