@@ -107,3 +107,17 @@ def test_insert_many_sets_the_new_ids_in_at_most_two_statements_or_one(step):
     assert list(
         LogChunk.objects.filter(step=step).order_by("pk").values_list("text", flat=True)
     ) == [f"line {i}" for i in range(60)]
+
+
+@pytest.mark.parametrize("model", [Run, StageRun, StepRun, LogChunk])
+def test_no_model_written_through_fastsql_has_save_signal_receivers(model):
+    """fastsql writes these rows without Model.save(), so pre_save/post_save receivers would
+    silently not run. A receiver added later must make this fail: then route that write
+    through the ORM (or call the receiver's logic explicitly)."""
+    from django.db.models.signals import post_save, pre_save
+
+    from governance.models import AuditChainHead, AuditEvent
+
+    for checked in (model, AuditEvent, AuditChainHead):
+        assert not pre_save.has_listeners(checked), checked
+        assert not post_save.has_listeners(checked), checked
