@@ -109,12 +109,18 @@ def _lock_run_of_step(step_id: int, known: Run | None = None) -> Run | None:
         run = rows[0]
         run.pipeline = known.pipeline  # its slug names the run in the audit log
         return run
-    return (
-        Run.objects.select_for_update(of=("self",))
-        .select_related("pipeline")
-        .filter(stages__steps__pk=step_id)
-        .first()
+    rows = fastsql.select(
+        Run,
+        "id = (SELECT s.run_id FROM orchestrator_stagerun s JOIN orchestrator_steprun t"
+        " ON t.stage_id = s.id WHERE t.id = %s)",
+        [step_id],
+        lock=True,
     )
+    if not rows:
+        return None
+    run = rows[0]
+    [run.pipeline] = fastsql.select(Pipeline, "id = %s", [run.pipeline_id])
+    return run
 
 
 def _stages_and_steps(run: Run, step_id: int) -> tuple[list[StageRun], list[StepRun]]:
@@ -435,22 +441,27 @@ def claim_step(step_id: int, attempt: int, *, worker: str) -> StepRun | None:
         if run is None:
             return None
         now = timezone.now()
-        claimed = StepRun.objects.filter(
-            pk=step_id, status=StepStatus.QUEUED, attempt=attempt
-        ).update(
-            status=StepStatus.RUNNING,
-            started_at=now,
-            finished_at=None,  # a retried attempt starts afresh
-            heartbeat_at=now,
-            worker=worker[:200],
-            exit_code=None,
-            error="",
+        claimed = fastsql.update_where(
+            StepRun,
+            {
+                "status": StepStatus.RUNNING,
+                "started_at": now,
+                "finished_at": None,  # a retried attempt starts afresh
+                "heartbeat_at": now,
+                "worker": worker[:200],
+                "exit_code": None,
+                "error": "",
+            },
+            {"id": step_id, "status": StepStatus.QUEUED, "attempt": attempt},
         )
         if claimed != 1:
             return None
         # Hand the rows their relations: audit names (str()), events and the executor's
         # environment read them, each read otherwise one more query.
-        step = StepRun.objects.select_related("stage__environment").get(pk=step_id)
+        [step] = fastsql.select(StepRun, "id = %s", [step_id])
+        [step.stage] = fastsql.select(StageRun, "id = %s", [step.stage_id])
+        if step.stage.environment_id:
+            step.stage.environment = Environment.objects.get(pk=step.stage.environment_id)
         step.stage.run = run
         engine.start_step(step, step.stage, run, worker=worker, now=now)
     return step

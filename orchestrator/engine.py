@@ -108,13 +108,15 @@ def start_step(
     """A claimed attempt of `step` starts: its stage and run are running. Audited and
     announced; the step row itself was updated by the claim."""
     if stage.status == StageStatus.QUEUED:
-        fields = stage.set_status(StageStatus.RUNNING, now=now, save=writes is None)
+        fields = stage.set_status(StageStatus.RUNNING, now=now, save=False)
         if writes is not None:
             writes.mark(stage, fields)
+        else:
+            fastsql.update(stage, fields)
         audit.record(None, "stage.running", stage, at=now, run=run.pk)
         events.publish_stage(stage, run)
     if run.status == RunStatus.QUEUED:
-        run.set_status(RunStatus.RUNNING, now=now)
+        fastsql.update(run, run.set_status(RunStatus.RUNNING, now=now, save=False))
         events.publish_run(run)
     audit.record(None, "step.start", step, at=now, run=run.pk, attempt=step.attempt, worker=worker)
     events.publish_step(step, run)

@@ -213,8 +213,10 @@ def test_a_chain_claims_nothing_more_after_its_time_budget(start, worker, monkey
 
 
 def test_statements_per_transition(start, worker):
-    """Pins, BEGIN and COMMIT included. A claim: lock the run, the conditional UPDATE, read
-    the step, stage running, then the events (1) and audit rows (3) at once. A finish that
+    """Pins, BEGIN and COMMIT included. A claim: lock the run (found by the step) and read
+    its pipeline, the conditional UPDATE, read the step and its stage, stage running, then
+    the events (1) and audit rows (3) at once — plain statements (orchestrator.fastsql), one
+    more than a join would take but a third of the CPU. A finish that
     claims the next step: lock the run, read stages and steps, last log lines, step done,
     next step claimed, stage done, next stage running, events (1), audit rows (lock, two
     INSERTs of at most three rows, head). Before the batching and the in-transaction claim,
@@ -231,7 +233,7 @@ def test_statements_per_transition(start, worker):
             step.pk, step.attempt, worker="w", succeeded=True, exit_code=0, log=log
         )
     assert nxt is not None and nxt.status == StepStatus.RUNNING
-    assert len(claim) <= 10, [q["sql"] for q in claim]
+    assert len(claim) <= 12, [q["sql"] for q in claim]
     assert len(finish) <= 15, [q["sql"] for q in finish]
 
 
