@@ -50,6 +50,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import harness
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/clearway_bench_engine"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/12"
@@ -89,25 +91,6 @@ def configure_environment(tmp: Path) -> dict[str, str]:
     os.environ["CLEARWAY_WORKSPACE_ROOT"] = str(tmp / "workspaces")
     os.environ["LOG_LEVEL"] = "WARNING"
     return dict(os.environ)
-
-
-def ensure_database(url: str) -> None:
-    from urllib.parse import urlparse
-
-    import psycopg
-
-    parts = urlparse(url)
-    name = parts.path.lstrip("/")
-    with psycopg.connect(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 5432,
-        user=parts.username or "postgres",
-        password=parts.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def celery_worker_main() -> None:
@@ -357,7 +340,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="clearway-bench-engine-"))
     env = configure_environment(tmp)
     sys.path.insert(0, str(ROOT))
-    ensure_database(os.environ["DATABASE_URL"])
+    harness.ensure_database(os.environ["DATABASE_URL"])
 
     import django
 

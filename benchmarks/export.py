@@ -31,13 +31,14 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
+
+import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -192,12 +193,6 @@ def seed(changes_from: int, changes_to: int, per_change: int) -> int:
     return added
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -207,7 +202,7 @@ def rss_kib(pid: int, field: str) -> int:
 
 class Server:
     def __init__(self, url: str):
-        self.port = free_port()
+        self.port = harness.free_port()
         env = {
             **os.environ,
             "DATABASE_URL": url,
@@ -218,19 +213,7 @@ class Server:
             "LOG_LEVEL": "WARNING",
         }
         self.proc = subprocess.Popen(
-            [
-                PY,
-                "-m",
-                "uvicorn",
-                "orchestrator.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
+            harness.uvicorn_command(self.port, "orchestrator.asgi:application", "--no-access-log"),
             cwd=ROOT,
             env=env,
         )

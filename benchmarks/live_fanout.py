@@ -74,13 +74,13 @@ import os
 import platform
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+
+import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -113,18 +113,6 @@ def summary(values: list[float]) -> dict:
         "p99_ms": pct(values, 99),
         "max_ms": round(max(values), 2) if values else None,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -499,23 +487,6 @@ def burst_main(opts) -> None:
 # --- the orchestrating main ---------------------------------------------------------------
 
 
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    u = urlparse(url)
-    name = u.path.lstrip("/")
-    with psycopg.connect(
-        host=u.hostname or "127.0.0.1",
-        port=u.port or 5432,
-        user=u.username or "postgres",
-        password=u.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def chain_definition(stages: int) -> str:
     lines = ["name: Live fan-out bench", "stages:"]
     for i in range(stages):
@@ -598,32 +569,15 @@ def setup_fixtures(stages: int, sessions: int, rounds: int) -> dict:
 
 
 def start_server(kind: str, env: dict, logdir: Path) -> tuple[Proc, int]:
-    port = free_port()
+    port = harness.free_port()
     app = (
         "orchestrator.asgi:application" if kind == "clearway" else "bare_channels.asgi:application"
     )
-    args = [
-        PY,
-        "-m",
-        "uvicorn",
-        app,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ws",
-        "websockets-sansio",
-        "--log-level",
-        "warning",
-    ]
+    args = harness.uvicorn_command(port, app, "--ws", "websockets-sansio")
     if kind == "bare":
         args += ["--app-dir", str(HERE)]
     proc = Proc(f"server-{kind}", args, env, logdir)
-    deadline = time.monotonic() + 60
-    while not port_open(port):
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{kind} server did not start:\n{proc.text()[-3000:]}")
-        time.sleep(0.1)
+    harness.wait_listening(port, proc.popen, f"{kind} server", proc.text)
     return proc, port
 
 
@@ -858,7 +812,7 @@ def main(opts) -> dict:
         "PYTHONUNBUFFERED": "1",
     }
     os.environ.update(env)
-    ensure_database(opts.database_url)
+    harness.ensure_database(opts.database_url)
     subprocess.run(
         [PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=600
     )
@@ -1090,13 +1044,7 @@ def write_results(r: dict) -> None:
         f"no over capacity: {yes[g['no_over_capacity']]}; burst complete on every client: "
         f"{yes[g['burst_all_lines_every_client']]}.\n",
     ]
-    if not RESULTS.exists():
-        RESULTS.write_text(
-            "# Live fan-out (benchmarks/live_fanout.py)\n\n"
-            "Method: see the script's docstring. Each run appends a section below.\n"
-        )
-    with RESULTS.open("a") as f:
-        f.write("\n".join(text))
+    harness.append_results(RESULTS, "Live fan-out (benchmarks/live_fanout.py)", "\n".join(text))
 
 
 def parse(argv=None):

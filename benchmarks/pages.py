@@ -44,13 +44,13 @@ import platform
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+
+import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -143,39 +143,6 @@ def pct(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1], 1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def ensure_database(url: str, reseed: bool) -> None:
-    import psycopg
-
-    name = urlparse(url).path.lstrip("/")
-    u = urlparse(url)
-    with psycopg.connect(
-        host=u.hostname or "127.0.0.1",
-        port=u.port or 5432,
-        user=u.username or "postgres",
-        password=u.password,
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if exists and reseed:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            exists = None
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 # --- seed ---------------------------------------------------------------------------------
@@ -719,7 +686,7 @@ def main(opts) -> dict:
         # what-if: PostgreSQL's JIT off for this server's (and this process's) sessions
         env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c jit=off").strip()
     os.environ.update(env)
-    ensure_database(opts.database_url, opts.reseed)
+    harness.ensure_database(opts.database_url, recreate=opts.reseed)
     subprocess.run(
         [PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=600
     )
@@ -745,23 +712,10 @@ def main(opts) -> dict:
     session = session_for(DEVELOPER)
     connections.close_all()
 
-    port = free_port()
+    port = harness.free_port()
     log = open(tmp / "server.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "uvicorn",
-            "orchestrator.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets-sansio",
-            "--log-level",
-            "warning",
-        ],
+        harness.uvicorn_command(port, "orchestrator.asgi:application", "--ws", "websockets-sansio"),
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -770,13 +724,7 @@ def main(opts) -> dict:
     )
     pages = {}
     try:
-        deadline = time.monotonic() + 60
-        while not port_open(port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "server did not start: " + (tmp / "server.log").read_text()[-3000:]
-                )
-            time.sleep(0.1)
+        harness.wait_listening(port, server, "server", (tmp / "server.log").read_text)
         base = f"http://127.0.0.1:{port}"
         load = [round(os.getloadavg()[0], 2)]
         for name, path in (("overview", "/"), ("run", f"/runs/{run_id}/")):
@@ -861,13 +809,7 @@ def write_results(r: dict) -> None:
             + ".\n"
         )
     lines.append(f"Server log tracebacks: {r['server_errors']}.\n")
-    if not RESULTS.exists():
-        RESULTS.write_text(
-            "# Pages (benchmarks/pages.py)\n\nMethod: see the script's "
-            "docstring. Each run appends a section below.\n"
-        )
-    with RESULTS.open("a") as f:
-        f.write("\n".join(lines))
+    harness.append_results(RESULTS, "Pages (benchmarks/pages.py)", "\n".join(lines))
 
 
 def parse(argv=None):
