@@ -39,7 +39,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4401)
             return
         self.groups_joined: set[str] = set()
-        self.runs: set[int] = set()
+        self.runs: dict[int, int] = {}  # subscribed run -> its pipeline
         self.pipeline_ids = await self._visible_pipeline_ids(user)
         await self._join(events.user_group(user.pk))
         for pid in self.pipeline_ids:
@@ -63,11 +63,10 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         for pid in visible - self.pipeline_ids:
             await self._join(events.pipeline_group(pid))
         self.pipeline_ids = visible
-        if self.runs:
-            still = await self._visible_runs(user, self.runs)
-            for run_id in self.runs - still:
+        for run_id, pipeline_id in list(self.runs.items()):
+            if pipeline_id not in visible:  # a run is visible exactly when its pipeline is
                 await self._leave(events.run_group(run_id))
-            self.runs = still
+                del self.runs[run_id]
         await self.send_json({"type": "access.changed", "pipelines": sorted(visible)})
 
     async def __call__(self, scope, receive, send):
@@ -109,7 +108,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             run_id = content.get("id")
             if run_id in self.runs:
                 await self._leave(events.run_group(run_id))
-                self.runs.discard(run_id)
+                del self.runs[run_id]
         else:
             await self.send_json({"type": "error", "message": "unknown message"})
 
@@ -137,7 +136,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         # Join first, then read the sequence: whatever happens in between arrives as an
         # event or is counted in `seq`, so the client can detect what it missed.
         await self._join(events.run_group(run_id))
-        self.runs.add(run_id)
+        self.runs[run_id] = pipeline_id
         seq = await self._run_seq(run_id)
         await self.send_json({"type": "subscribed", "run": run_id, "seq": seq})
 
@@ -169,13 +168,6 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def _leave(self, group: str) -> None:
         await self.channel_layer.group_discard(group, self.channel_name)
         self.groups_joined.discard(group)
-
-    @database_sync_to_async
-    def _visible_runs(self, user, run_ids: set[int]) -> set[int]:
-        from orchestrator.models import Run
-
-        runs = permissions.restrict(Run.objects.filter(pk__in=run_ids), user)
-        return set(runs.values_list("pk", flat=True))
 
     @database_sync_to_async
     def _visible_pipeline_ids(self, user) -> set[int]:

@@ -25,14 +25,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from django.db import transaction
 
-from tests.conftest import build_environments
+from tests.conftest import DEFAULT_PIPELINE, build_environments
 
 ANON = "anonymous"
 ROLES = (
@@ -47,25 +46,9 @@ ROLES = (
     "superuser",
 )
 
-PIPELINE_YAML = textwrap.dedent(
-    """\
-    name: {name}
-    parameters:
-      - name: version
-        default: "1.0.0"
-    stages:
-      - name: build
-        steps:
-          - name: compile
-            run: echo build
-      - name: deploy-production
-        needs: [build]
-        environment: production
-        steps:
-          - name: rollout
-            run: echo deploy
-    """
-)
+# The shared fixture pipeline (build → deploy-production), with its name as a placeholder.
+PIPELINE_YAML = DEFAULT_PIPELINE.replace("name: Payments API", "name: {name}", 1)
+assert PIPELINE_YAML != DEFAULT_PIPELINE
 
 # Soft-mandatory and always denying: every production gate waits with a denial that the
 # override permission can pass (so override is a real decision, not "nothing to override").
