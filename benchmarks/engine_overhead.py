@@ -277,8 +277,8 @@ def breakdown(pipeline, actor) -> dict:
     from orchestrator import actions, executors, tasks
 
     sent: list[tuple[int, int]] = []
-    real_dispatch = tasks.dispatch_step
-    tasks.dispatch_step = lambda step_id, attempt, countdown=0: sent.append((step_id, attempt))
+    real_dispatch = actions.dispatch_step
+    actions.dispatch_step = lambda step_id, attempt, countdown=0: sent.append((step_id, attempt))
     phases: dict[str, list[tuple[float, int]]] = {
         "trigger": [],
         "claim": [],
@@ -316,7 +316,7 @@ def breakdown(pipeline, actor) -> dict:
                     log=log,
                 )
     finally:
-        tasks.dispatch_step = real_dispatch
+        actions.dispatch_step = real_dispatch
     out = {}
     for name, samples in phases.items():
         out[name] = {

@@ -1,6 +1,7 @@
 from functools import cached_property
 
 from governance import permissions
+from governance.models import Gate
 
 
 class Navigation:
@@ -14,11 +15,7 @@ class Navigation:
 
     @cached_property
     def inbox_count(self) -> int:
-        from governance.models import Gate, GateStatus
-
-        return permissions.restrict(
-            Gate.objects.filter(status=GateStatus.WAITING), self.user, "approve"
-        ).count()
+        return Gate.objects.waiting_for(self.user).count()
 
     @cached_property
     def can_edit_policies(self) -> bool:

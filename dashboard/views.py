@@ -27,9 +27,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework.authtoken.models import Token
 
-from governance import audit
+from governance import actions as gate_actions
 from governance import gates as gate_rules
-from governance.gates import BLOCKING_RESULTS
+from governance.gates import BLOCKING_RESULTS, GateError
 from governance.models import (
     Approval,
     ApprovalDecision,
@@ -191,7 +191,7 @@ def overview_state(user) -> dict:
     # The oldest waiting gates, and (a window count over the same rows) how many there are
     # in all: the navigation badge reuses that count instead of counting again.
     waiting = list(
-        _waiting_for(user)
+        Gate.objects.waiting_for(user)
         .select_related(
             "environment",
             "stage_run__run__pipeline",
@@ -668,14 +668,7 @@ def _decorate_gate(gate: Gate, user, rules: list[dict]) -> None:
     gate.my_decision = next((a for a in live if a.user_id == user.pk), None)
     gate.denials = [d for d in gate.current_decisions if d.result in BLOCKING_RESULTS]
     gate.soft_denials = [d for d in gate.denials if d.enforcement == Enforcement.SOFT_MANDATORY]
-    overridden = {
-        (p.get("policy"), p.get("version")) for o in gate.all_overrides for p in o.policies
-    }
-    gate.open_soft_denials = [
-        d
-        for d in gate.soft_denials
-        if (d.policy_version.policy.name, d.policy_version.number) not in overridden
-    ]
+    gate.open_soft_denials = gate.open_soft_denials(gate.current_decisions, gate.all_overrides)
     waiting = gate.status == GateStatus.WAITING
     gate.can_decide = waiting and gate.may_approve and gate.my_decision is None
     gate.can_override = waiting and gate.may_override and bool(gate.open_soft_denials)
@@ -725,22 +718,6 @@ def _gate_panel_response(request, run: Run, **extra):
     return redirect(reverse("dashboard:run", args=[run.pk]) + "#gate-panel")
 
 
-def _gate_actions():
-    """governance.actions, or None while it does not exist yet."""
-    try:
-        from governance import actions as gate_actions
-    except ImportError:
-        return None
-    return gate_actions
-
-
-def _refusals(gate_actions) -> tuple[type[Exception], ...]:
-    """GateRefused (who may not: permission, separation of duties) and its siblings for a
-    gate that cannot take the decision (already decided, justification too short): all of
-    them are a message for the person in the panel, never an error page."""
-    return (getattr(gate_actions, "GateError", gate_actions.GateRefused),)
-
-
 def _gate_for(request, run: Run, gate_id: int) -> Gate:
     return get_object_or_404(
         Gate.objects.filter(stage_run__run=run).select_related("environment"), pk=gate_id
@@ -757,18 +734,13 @@ def gate_decide(request, run_id: int, gate_id: int):
     form = GateDecisionForm(request.POST)
     if not form.is_valid():
         return _gate_panel_response(request, run, decision_form=form)
-    gate_actions = _gate_actions()
-    if gate_actions is None:
-        return _gate_panel_response(
-            request, run, gate_error="Approving is not available yet on this installation."
-        )
     decision, comment = form.cleaned_data["decision"], form.cleaned_data["comment"].strip()
     try:
         if decision == "approve":
             gate_actions.approve_gate(gate, actor=request.user, comment=comment)
         else:
             gate_actions.reject_gate(gate, actor=request.user, comment=comment)
-    except _refusals(gate_actions) as exc:
+    except GateError as exc:  # refused, or the gate cannot take it: a message in the panel
         return _gate_panel_response(request, run, gate_error=str(exc), decision_form=form)
     notice = "You approved." if decision == "approve" else "You rejected the deployment."
     return _gate_panel_response(request, run, gate_notice=notice)
@@ -784,16 +756,11 @@ def gate_override(request, run_id: int, gate_id: int):
     form = OverrideForm(request.POST)
     if not form.is_valid():
         return _gate_panel_response(request, run, override_form=form)
-    gate_actions = _gate_actions()
-    if gate_actions is None:
-        return _gate_panel_response(
-            request, run, gate_error="Overriding is not available yet on this installation."
-        )
     try:
         gate_actions.override_gate(
             gate, actor=request.user, justification=form.cleaned_data["justification"].strip()
         )
-    except _refusals(gate_actions) as exc:
+    except GateError as exc:
         return _gate_panel_response(request, run, gate_error=str(exc), override_form=form)
     return _gate_panel_response(
         request, run, gate_notice="Overridden. The override is flagged in every report."
@@ -833,15 +800,11 @@ def run_retry(request, run_id: int):
 # --- approvals --------------------------------------------------------------------------
 
 
-def _waiting_for(user):
-    return restrict(Gate.objects.filter(status=GateStatus.WAITING), user, "approve")
-
-
 @login_required
 def approvals(request):
     mine = Approval.objects.filter(gate=OuterRef("pk"), user=request.user, void=False)
     gates = (
-        _waiting_for(request.user)
+        Gate.objects.waiting_for(request.user)
         .select_related(
             "environment",
             "stage_run__run__pipeline",
@@ -873,16 +836,12 @@ def tokens(request):
     new_key = None
     if request.method == "POST":
         if request.POST.get("action") == "revoke" and token:
-            token.delete()
-            audit.record(request.user, "token.revoke", request.user)
+            gate_actions.revoke_api_token(actor=request.user)
             messages.success(request, "Your API token was revoked.")
             return redirect("dashboard:tokens")
         if request.POST.get("action") == "create":
-            if token:
-                token.delete()
-            token = Token.objects.create(user=request.user)
+            token = gate_actions.create_api_token(actor=request.user)
             new_key = token.key
-            audit.record(request.user, "token.create", request.user)
     return render(request, "dashboard/tokens.html", {"token": token, "new_key": new_key})
 
 

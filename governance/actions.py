@@ -2,31 +2,46 @@
 a keyword-only `actor`, writes its audit row(s) through governance.audit.record and leaves
 side effects (events, notifications, step dispatch) to run after commit.
 
+The gate verbs change run state, so they run in `orchestrator.actions.transition()` and move
+the run on through `orchestrator.actions.advance()`, as every other run change does: their
+audit rows and events are written at the end of the transaction (the audit chain head is
+never held while the policies evaluate), each event is published once, and a run that ends
+there has its workspace removed.
+
 Lock order everywhere: the Run row first, then the Gate row (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
-from orchestrator import engine, events
+from orchestrator import actions as run_actions
+from orchestrator import events, lifecycle
+from orchestrator.kernel.queue import enqueue
 from orchestrator.models import Run
 
-from . import audit, gates
+from . import audit, gates, notifications, pdf, reports
 from .gates import GateConflict, GateError, GateInvalid, GateRefused
 from .models import (
     Approval,
     ApprovalDecision,
+    ApprovalRule,
     Enforcement,
+    Environment,
     Gate,
     GateStatus,
     Outcome,
     Override,
+    ReportJob,
 )
 from .permissions import can
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "OVERRIDE_MIN_JUSTIFICATION",
@@ -82,14 +97,10 @@ def _refused(actor, action: str, gate: Gate, exc: GateRefused, now: datetime, **
 
 
 def _advance(run: Run, gate: Gate, actor, now: datetime) -> None:
-    """Let the engine look at the run again (it calls gates.check for the gate's stage): a
-    gate that opens dispatches its stage here, once, under the run lock; a refused gate
-    blocks the stage and the run."""
-    from orchestrator import actions as run_actions
-
-    with gates.acting(actor):
-        outcome = engine.advance(run, now=now)
-    run_actions.dispatch_after_commit(outcome)
+    """Move the run on (the engine calls gates.check for the gate's stage, on `actor`'s
+    behalf): a gate that opens dispatches its stage here, once, under the run lock; a
+    refused gate blocks the stage and the run."""
+    run_actions.advance(run, actor=actor, now=now)
     gate.refresh_from_db()
 
 
@@ -110,7 +121,7 @@ def approve_gate(
     now = now or timezone.now()
     comment = (comment or "").strip()
     try:
-        with transaction.atomic():
+        with run_actions.transition():
             run, gate = _lock(gate)
             problem = gates.approve_problem(gate, run, actor)
             if problem:
@@ -159,6 +170,8 @@ def approve_gate(
             )
             _advance(run, gate, actor, now)
             approval.refresh_from_db()
+            # The approval changed the gate even when its status and reason did not: say so
+            # (events.batch sends one gate.updated per gate and transaction).
             events.publish_gate(gate, run)
     except GateRefused as exc:
         _refused(actor, "gate.approve", gate, exc, now, comment=comment)
@@ -174,7 +187,7 @@ def reject_gate(gate: Gate, *, actor, comment: str, now: datetime | None = None)
     now = now or timezone.now()
     comment = (comment or "").strip()
     try:
-        with transaction.atomic():
+        with run_actions.transition():
             run, gate = _lock(gate)
             problem = gates.eligibility_problem(gate, actor) or gates.state_problem(gate, run)
             if problem:
@@ -209,7 +222,7 @@ def reject_gate(gate: Gate, *, actor, comment: str, now: datetime | None = None)
                 run=run.pk,
                 stage=gate.stage_run.name,
             )
-            gates.transition(
+            lifecycle.gate(
                 gate,
                 GateStatus.REJECTED,
                 reason=f"rejected by {actor.get_username()}: {comment}",
@@ -217,8 +230,6 @@ def reject_gate(gate: Gate, *, actor, comment: str, now: datetime | None = None)
                 now=now,
                 actor=actor,
             )
-            from . import notifications
-
             notifications.schedule(gate, "rejected")
             _advance(run, gate, actor, now)
     except GateRefused as exc:
@@ -237,7 +248,7 @@ def override_gate(
     now = now or timezone.now()
     justification = (justification or "").strip()
     try:
-        with transaction.atomic():
+        with run_actions.transition():
             run, gate = _lock(gate)
             if not can(actor, "override", gate):
                 raise GateRefused(
@@ -255,23 +266,7 @@ def override_gate(
                     f"{OVERRIDE_MIN_JUSTIFICATION} characters (got {len(justification)})",
                     rule="justification",
                 )
-            denials = list(
-                gate.decisions.filter(
-                    current=True,
-                    enforcement=Enforcement.SOFT_MANDATORY,
-                    result__in=gates.BLOCKING_RESULTS,
-                ).select_related("policy_version__policy")
-            )
-            covered = {
-                (p.get("policy"), p.get("version"))
-                for o in gate.overrides.all()
-                for p in o.policies
-            }
-            denials = [
-                d
-                for d in denials
-                if (d.policy_version.policy.name, d.policy_version.number) not in covered
-            ]
+            denials = gate.open_soft_denials()
             if not denials:
                 hard = gate.decisions.filter(
                     current=True,
@@ -314,8 +309,293 @@ def override_gate(
                 stage=gate.stage_run.name,
             )
             _advance(run, gate, actor, now)
-            events.publish_gate(gate, run)
+            events.publish_gate(gate, run)  # as for an approval: one gate.updated
     except GateRefused as exc:
         _refused(actor, "gate.override", gate, exc, now, justification=justification)
         raise
     return override
+
+
+# --- gate housekeeping ------------------------------------------------------------------
+
+
+def recheck(gate_id: int, *, now: datetime | None = None) -> str | None:
+    """Re-examine one waiting gate through the engine (which calls `check`), so that voided
+    approvals, a change window that opened or a freeze that began take effect, and a gate
+    that opens dispatches its stage. A gate whose stage or run ended expires. Returns the
+    gate's status afterwards (None if it is gone)."""
+    now = now or timezone.now()
+    with run_actions.transition():
+        run_id = Gate.objects.filter(pk=gate_id).values_list("stage_run__run_id", flat=True).first()
+        if run_id is None:
+            return None
+        run = Run.objects.select_for_update(of=("self",)).get(pk=run_id)
+        gate = (
+            Gate.objects.select_for_update(of=("self",))
+            .select_related("environment", "stage_run")
+            .get(pk=gate_id)
+        )
+        if gate.status != GateStatus.WAITING:
+            return gate.status
+        stage = gate.stage_run
+        if run.is_terminal or stage.is_terminal:
+            what = (
+                f"run #{run.number} ended ({run.status})"
+                if run.is_terminal
+                else (f"stage {stage.name} ended ({stage.status})")
+            )
+            reason = f"{what}: {stage.reason or run.reason}".rstrip(": ")
+            gates.expire(gate, reason=reason, run=run, now=now)
+            return gate.status
+        run_actions.advance(run, now=now)
+        gate.refresh_from_db(fields=["status"])
+        return gate.status
+
+
+def housekeeping(now: datetime | None = None) -> dict:
+    """Beat task (every 30 s): re-check every waiting gate (expired approvals are voided,
+    stale ones too, windows and freezes are applied) and send a reminder, once, for gates
+    waiting longer than their environment's reminder_minutes (0 = no reminders)."""
+    now = now or timezone.now()
+    stats = {"checked": 0, "voided": 0, "reminded": 0}
+    ids = list(
+        Gate.objects.filter(status=GateStatus.WAITING).order_by("pk").values_list("pk", flat=True)
+    )
+    for gate_id in ids:
+        live_before = Approval.objects.filter(gate_id=gate_id, void=False).count()
+        try:
+            status = recheck(gate_id, now=now)
+        except Exception:  # one bad gate must not stop the others
+            logger.exception("housekeeping: re-checking gate %s failed", gate_id)
+            continue
+        stats["checked"] += 1
+        stats["voided"] += (
+            live_before - Approval.objects.filter(gate_id=gate_id, void=False).count()
+        )
+        if status and status != GateStatus.WAITING:
+            stats[status] = stats.get(status, 0) + 1
+    due = Gate.objects.filter(
+        status=GateStatus.WAITING,
+        reminded_at__isnull=True,
+        environment__reminder_minutes__gt=0,
+    ).select_related("environment")
+    for gate in due:
+        since = gate.notified_at or gate.created_at
+        if since + timedelta(minutes=gate.environment.reminder_minutes) > now:
+            continue
+        with transaction.atomic():
+            # Conditional UPDATE: two housekeeping runs never both remind.
+            if Gate.objects.filter(pk=gate.pk, reminded_at__isnull=True).update(reminded_at=now):
+                notifications.schedule(gate, "reminder")
+                stats["reminded"] += 1
+    return stats
+
+
+# --- environments ---------------------------------------------------------------------
+
+
+class EnvironmentChanged(Exception):
+    """Someone else saved the environment after the editor was loaded."""
+
+
+def _recheck_waiting_gates() -> None:
+    """After commit, re-check every waiting gate (a changed rule, window or policy applies at
+    once, not at the next housekeeping tick). Queued by task name; a broker that is down
+    only delays it to the next tick."""
+
+    def send() -> None:
+        try:
+            enqueue("clearway.gate_housekeeping")
+        except Exception:
+            logger.exception("could not queue a gate re-check")
+
+    transaction.on_commit(send)
+
+
+def _save_rules(env: Environment, wanted: dict) -> dict | None:
+    """Make the environment's approval rules `wanted` ({group: count}); the change, if any."""
+    current = {r.group: r for r in env.approval_rules.select_related("group")}
+    before = {g.name: r.required_count for g, r in current.items()}
+    after = {g.name: n for g, n in wanted.items()}
+    if before == after:
+        return None
+    for group, rule in current.items():
+        if group not in wanted:
+            rule.delete()
+        elif rule.required_count != wanted[group]:
+            rule.required_count = wanted[group]
+            rule.save(update_fields=["required_count"])
+    for group, count in wanted.items():
+        if group not in current:
+            ApprovalRule.objects.create(environment=env, group=group, required_count=count)
+    return {"from": dict(sorted(before.items())), "to": dict(sorted(after.items()))}
+
+
+def update_environment(
+    environment: Environment,
+    *,
+    actor,
+    settings: dict | None = None,
+    freeze_windows: list | None = None,
+    change_windows: list | None = None,
+    rules: dict | None = None,
+    loaded: str | None = None,
+) -> dict:
+    """Change an environment — its settings (Environment.SETTINGS), freeze and change windows
+    and approval rules ({group: count}); what is None stays — in one transaction with one
+    "environment.update" audit row whose `changes` say, per field, from what to what. The
+    one writer of environments: the environment page and the admin call it. With `loaded`
+    (the fingerprint the editor was given), a save over a newer state is refused
+    (EnvironmentChanged). Returns the changes (empty: nothing changed)."""
+    with transaction.atomic():
+        env = Environment.objects.select_for_update().get(pk=environment.pk)
+        if loaded and loaded != env.fingerprint():
+            raise EnvironmentChanged(
+                f"{env.name} was changed by someone else after you opened this page; "
+                "nothing was saved. Reload the page to see the current settings."
+            )
+        changes: dict = {}
+        fields: list[str] = []
+        for name, new in (settings or {}).items():
+            if name not in Environment.SETTINGS:
+                raise ValueError(f"{name} is not an environment setting")
+            old = getattr(env, name)
+            if old != new:
+                if name == "notify_webhook_url":
+                    # Webhook URLs often carry a token: the log says only that it changed.
+                    changes[name] = {"changed": True, "set": bool(new)}
+                else:
+                    changes[name] = {"from": old, "to": new}
+                setattr(env, name, new)
+                fields.append(name)
+        for name, new in (("freeze_windows", freeze_windows), ("change_windows", change_windows)):
+            if new is not None and (getattr(env, name) or []) != new:
+                changes[name] = {"from": getattr(env, name) or [], "to": new}
+                setattr(env, name, new)
+                fields.append(name)
+        if fields:
+            env.save(update_fields=fields)
+        if rules is not None:
+            rules_changed = _save_rules(env, rules)
+            if rules_changed:
+                changes["approval_rules"] = rules_changed
+        if changes:
+            audit.record(actor, "environment.update", env, changes=changes)
+            _recheck_waiting_gates()
+    return changes
+
+
+def create_environment(*, actor, name: str, settings: dict, rules: dict | None = None):
+    """A new environment, audited as "environment.create" with the same detail schema as an
+    update (every field from None)."""
+    with transaction.atomic():
+        env = Environment.objects.create(name=name, **settings)
+        changes = {key: {"from": None, "to": value} for key, value in settings.items()}
+        if "notify_webhook_url" in changes:
+            changes["notify_webhook_url"] = {
+                "changed": True,
+                "set": bool(settings["notify_webhook_url"]),
+            }
+        if rules:
+            changes["approval_rules"] = _save_rules(env, rules)
+        audit.record(actor, "environment.create", env, changes=changes)
+    return env
+
+
+# --- API tokens -------------------------------------------------------------------------
+
+
+def create_api_token(*, actor) -> Token:
+    """A new API token for `actor`, replacing theirs if they had one. The key is shown once
+    by the caller; the audit row names the token, never its key."""
+    with transaction.atomic():
+        replaced = Token.objects.filter(user=actor).delete()[0] > 0
+        token = Token.objects.create(user=actor)
+        audit.record(actor, "token.create", actor, replaced=replaced)
+    return token
+
+
+def revoke_api_token(*, actor) -> bool:
+    """Revoke `actor`'s API token; False if they had none (nothing audited)."""
+    with transaction.atomic():
+        if not Token.objects.filter(user=actor).delete()[0]:
+            return False
+        audit.record(actor, "token.revoke", actor)
+    return True
+
+
+# --- report jobs ------------------------------------------------------------------------
+
+
+def request_report_pdf(actor, params) -> ReportJob:
+    """Validate the filters and queue a PDF change report (the task is sent after commit,
+    by name). Raises PermissionError, reports.FilterError."""
+    with transaction.atomic():
+        job, filters = reports.new_pdf_job(actor, params)
+        audit.record(actor, "report.request", job, format="pdf", filters=filters.as_dict())
+
+        def send() -> None:
+            try:
+                enqueue("clearway.generate_report_pdf", (job.pk,))
+            except Exception:  # broker down: the job stays queued and says so
+                ReportJob.objects.filter(pk=job.pk, status=ReportJob.Status.QUEUED).update(
+                    error="could not reach the task queue; ask an administrator"
+                )
+
+        transaction.on_commit(send)
+    return job
+
+
+def generate_report_pdf(job_id: int) -> str | None:
+    """Build a queued PDF job: claimed with a conditional UPDATE (a redelivered message never
+    builds it twice; a missing or already-claimed job is left alone), built, then done —
+    the file's digest audited into the hash chain — or failed. Returns the SHA-256."""
+    if not lifecycle.claim_report_job(job_id):
+        return None
+    job = ReportJob.objects.select_related("requested_by").get(pk=job_id)
+    last = {"p": 1}
+
+    def progress(percent: int) -> None:
+        if percent > last["p"]:  # one UPDATE per visible step, not per row
+            last["p"] = percent
+            ReportJob.objects.filter(pk=job_id).update(progress=min(percent, 99))
+
+    job.status = ReportJob.Status.RUNNING
+    try:
+        rows = pdf.generate_pdf(job, progress=progress)
+    except Exception as exc:
+        bad_filter = isinstance(exc, reports.FilterError)
+        job.error = str(exc) if bad_filter else "report generation failed"
+        with transaction.atomic():
+            lifecycle.report_job(
+                job, ReportJob.Status.FAILED, now=timezone.now(), fields=("error",)
+            )
+            audit.record(
+                job.requested_by,
+                "report.generate",
+                job,
+                outcome=Outcome.FAILURE,
+                error=str(exc)[:500],
+            )
+        if not bad_filter:
+            raise
+        return None
+    job.progress, job.error = 100, ""
+    with transaction.atomic():
+        lifecycle.report_job(
+            job,
+            ReportJob.Status.DONE,
+            now=timezone.now(),
+            fields=("file", "sha256", "progress", "error"),
+        )
+        # The file's digest goes into the hash chain: the PDF can be matched to this event.
+        audit.record(
+            job.requested_by,
+            "report.generate",
+            job,
+            format="pdf",
+            sha256=job.sha256,
+            rows=rows,
+            file=job.file.rsplit("/", 1)[-1],
+        )
+    return job.sha256

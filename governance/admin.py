@@ -13,7 +13,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils.html import format_html
 
-from . import audit, policies, rego
+from . import actions, policies, rego
 from .models import (
     Approval,
     ApprovalRule,
@@ -28,7 +28,7 @@ from .models import (
     ReportJob,
     Tier,
 )
-from .permissions import restrict
+from .permissions import can_edit_policies, restrict
 from .rego import PolicyCompileError
 
 
@@ -236,8 +236,6 @@ class PolicyAdmin(admin.ModelAdmin):
 
 
 def policies_editable(request) -> bool:
-    from .permissions import can_edit_policies
-
     return can_edit_policies(request.user)
 
 
@@ -284,27 +282,35 @@ class EnvironmentAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # gates, runs and reports refer to environments
 
+    def get_readonly_fields(self, request, obj=None):
+        return ("name",) if obj is not None else ()
+
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        audit.record(
-            request.user,
-            "environment.update" if change else "environment.create",
-            obj,
-            changed=sorted(form.changed_data),
-            tier=obj.tier,
-            protected=obj.protected,
-        )
+        # Through the one writer of environments (governance.actions): one transaction, one
+        # audit row with the same detail schema as the environment page's.
+        data = form.cleaned_data
+        settings = {name: data[name] for name in Environment.SETTINGS if name in data}
+        windows = {
+            name: data[name] for name in ("freeze_windows", "change_windows") if name in data
+        }
+        if change:
+            actions.update_environment(obj, actor=request.user, settings=settings, **windows)
+        else:
+            settings.update(windows)
+            obj.pk = actions.create_environment(
+                actor=request.user, name=data["name"], settings=settings
+            ).pk
+        obj.refresh_from_db()
 
     def save_formset(self, request, form, formset, change):
-        instances = formset.save()
-        changes = {
-            "added": [str(o) for o in formset.new_objects],
-            "changed": [str(o) for o, _ in formset.changed_objects],
-            "deleted": [str(o) for o in formset.deleted_objects],
-        }
-        if any(changes.values()):
-            audit.record(request.user, "environment.approval_rules", form.instance, **changes)
-        return instances
+        # The approval rules as the inline leaves them, written by the same verb.
+        wanted = {}
+        for inline in formset.forms:
+            data = getattr(inline, "cleaned_data", None) or {}
+            if not data or data.get("DELETE") or data.get("group") is None:
+                continue
+            wanted[data["group"]] = data.get("required_count") or 1
+        actions.update_environment(form.instance, actor=request.user, rules=wanted)
 
 
 # --- gates and what hangs off them --------------------------------------------------------

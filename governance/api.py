@@ -5,21 +5,16 @@ registered on the shared /api/v1/ router here."""
 
 from __future__ import annotations
 
-import importlib
+from . import api_audit, api_gates, api_policies, api_reports
 
-extra_urlpatterns: list = []
+_AREAS = (api_gates, api_policies, api_audit, api_reports)
 
-_AREAS = ("api_gates", "api_policies", "api_audit", "api_reports")
+extra_urlpatterns: list = [
+    pattern for area in _AREAS for pattern in getattr(area, "urlpatterns", [])
+]
 
 
 def register(router) -> None:
-    """Add every area's viewsets (and plain URL patterns) to the shared router."""
-    for name in _AREAS:
-        try:
-            module = importlib.import_module(f"governance.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"governance.{name}":
-                raise
-            continue
-        module.register(router)
-        extra_urlpatterns.extend(getattr(module, "urlpatterns", []))
+    """Add every area's viewsets to the shared router."""
+    for area in _AREAS:
+        area.register(router)

@@ -78,7 +78,7 @@ class GateViewSet(viewsets.GenericViewSet):
         params = request.query_params
         status_filter = params.get("status", "")
         if status_filter == GateStatus.WAITING:
-            qs = gates.decidable_gates(request.user, self._base())
+            qs = self._base().decidable_by(request.user)
         else:
             qs = self.get_queryset()
             if status_filter:

@@ -28,7 +28,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import audit, reports
+from . import actions, audit, reports
 from .models import ReportJob
 from .permissions import can_export, restrict
 
@@ -197,7 +197,7 @@ class PdfJobListView(ReportView):
         if isinstance(data.get("exceptions_only"), bool):
             params["exceptions_only"] = "true" if data["exceptions_only"] else ""
         try:
-            job = reports.request_pdf(request.user, params)
+            job = actions.request_report_pdf(request.user, params)
         except reports.FilterError as exc:
             return _bad_filter(exc)
         body = reports.job_status(job)

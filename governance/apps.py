@@ -6,4 +6,9 @@ class GovernanceConfig(AppConfig):
     verbose_name = "Governance"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (login audit, permission-change audit)
+        # Start-up imports (the documented exception to "no import inside a function"):
+        # models cannot be imported before the app registry is ready.
+        from . import (
+            permissions,  # noqa: F401  (registers the rule set of .restrict())
+            signals,  # noqa: F401  (login audit, permission-change audit)
+        )

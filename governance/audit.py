@@ -22,7 +22,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from .batching import TransactionBatch, batching
+from orchestrator.kernel import fastsql
+from orchestrator.kernel.batching import TransactionBatch, batching
+
 from .models import AuditChainHead, AuditEvent, Outcome
 
 GENESIS_HASH = "0" * 64
@@ -121,7 +123,6 @@ def _append(events: list[AuditEvent]) -> None:
     multi-row INSERTs, move the head — through orchestrator.fastsql (plain SQL built from the
     models' metadata): this runs in every engine transition, where the ORM's compile and
     save machinery cost several times the statements themselves."""
-    from orchestrator import fastsql
 
     if not events:
         return
@@ -146,6 +147,11 @@ def _append(events: list[AuditEvent]) -> None:
 _batch: contextvars.ContextVar[TransactionBatch | None] = contextvars.ContextVar(
     "clearway_audit_batch", default=None
 )
+
+
+def batching_now() -> bool:
+    """Inside a batch() block (orchestrator.actions.transition)?"""
+    return _batch.get() is not None
 
 
 def batch():

@@ -9,7 +9,6 @@ governance.policies' job, so the page shows exactly the errors the API would.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 import zoneinfo
@@ -17,11 +16,10 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from django import forms
 from django.contrib.auth.models import Group
-from django.db import transaction
 from django.utils.dateparse import parse_date, parse_datetime
 
-from . import audit, policies
-from .models import ApprovalRule, Enforcement, Environment, Outcome, Tier
+from . import actions, policies
+from .models import Enforcement, Environment, Outcome, Tier
 
 DRY_RUN_DAYS = [(7, "7 days"), (30, "30 days"), (90, "90 days")]
 WEEKDAYS = [
@@ -196,14 +194,7 @@ class EnvironmentForm(forms.ModelForm):
 
     class Meta:
         model = Environment
-        fields = [
-            "tier",
-            "protected",
-            "timezone",
-            "approval_ttl_hours",
-            "reminder_minutes",
-            "notify_webhook_url",
-        ]
+        fields = list(Environment.SETTINGS)
         labels = {
             "protected": "Protected (stages stop at a gate)",
             "approval_ttl_hours": "Approvals expire after (hours)",
@@ -333,21 +324,8 @@ def _kept(formset) -> list[forms.Form]:
     return kept
 
 
-class EnvironmentChanged(Exception):
-    """Someone else saved the environment after this form was loaded."""
-
-
-def fingerprint(env: Environment) -> str:
-    """A hash of everything the environment editor shows. The form posts the whole desired
-    state (a rule left out is deleted), so saving over a newer state would silently undo
-    someone else's change: the form carries this hash and a mismatch refuses the save."""
-    state = {name: getattr(env, name) for name in EnvironmentForm.Meta.fields}
-    state["freeze_windows"] = env.freeze_windows or []
-    state["change_windows"] = env.change_windows or []
-    state["rules"] = sorted(
-        (r.group.name, r.required_count) for r in env.approval_rules.select_related("group")
-    )
-    return hashlib.sha256(audit.canonical_json(state).encode()).hexdigest()
+# The editor's conflict check (kept here for the page's and the tests' imports).
+fingerprint = Environment.fingerprint
 
 
 class EnvironmentEditor:
@@ -404,65 +382,23 @@ class EnvironmentEditor:
         )
 
     def save(self, *, actor) -> dict:
-        """Apply the edit; returns the changes recorded (empty: nothing changed). Raises
-        EnvironmentChanged when the environment changed since the form was loaded."""
+        """Apply the edit through governance.actions.update_environment; returns the changes
+        recorded (empty: nothing changed). Raises EnvironmentChanged when the environment
+        changed since the form was loaded."""
         data = self.form.cleaned_data
-        freeze = [f.as_window() for f in _kept(self.freeze)]
-        change = [f.as_window() for f in _kept(self.change)]
-        wanted = {
-            f.cleaned_data["group"]: f.cleaned_data["required_count"] for f in _kept(self.rules)
-        }
-        with transaction.atomic():
-            env = Environment.objects.select_for_update().get(pk=self.environment.pk)
-            if data.get("loaded") and data["loaded"] != fingerprint(env):
-                raise EnvironmentChanged(
-                    f"{env.name} was changed by someone else after you opened this page; "
-                    "nothing was saved. Reload the page to see the current settings."
-                )
-            changes: dict = {}
-            fields: list[str] = []
-            for name in EnvironmentForm.Meta.fields:
-                old, new = getattr(env, name), data[name]
-                if old != new:
-                    if name == "notify_webhook_url":
-                        # Webhook URLs often carry a token: the log says only that it changed.
-                        changes[name] = {"changed": True, "set": bool(new)}
-                    else:
-                        changes[name] = {"from": old, "to": new}
-                    setattr(env, name, new)
-                    fields.append(name)
-            for name, new in (("freeze_windows", freeze), ("change_windows", change)):
-                if (getattr(env, name) or []) != new:
-                    changes[name] = {"from": getattr(env, name) or [], "to": new}
-                    setattr(env, name, new)
-                    fields.append(name)
-            if fields:
-                env.save(update_fields=fields)
-            rules_changed = self._save_rules(env, wanted)
-            if rules_changed:
-                changes["approval_rules"] = rules_changed
-            if changes:
-                audit.record(actor, "environment.update", env, changes=changes)
+        changes = actions.update_environment(
+            self.environment,
+            actor=actor,
+            settings={name: data[name] for name in Environment.SETTINGS},
+            freeze_windows=[f.as_window() for f in _kept(self.freeze)],
+            change_windows=[f.as_window() for f in _kept(self.change)],
+            rules={
+                f.cleaned_data["group"]: f.cleaned_data["required_count"] for f in _kept(self.rules)
+            },
+            loaded=data.get("loaded") or None,
+        )
         self.environment.refresh_from_db()
         return changes
-
-    @staticmethod
-    def _save_rules(env: Environment, wanted: dict) -> dict | None:
-        current = {r.group: r for r in env.approval_rules.select_related("group")}
-        before = {g.name: r.required_count for g, r in current.items()}
-        after = {g.name: n for g, n in wanted.items()}
-        if before == after:
-            return None
-        for group, rule in current.items():
-            if group not in wanted:
-                rule.delete()
-            elif rule.required_count != wanted[group]:
-                rule.required_count = wanted[group]
-                rule.save(update_fields=["required_count"])
-        for group, count in wanted.items():
-            if group not in current:
-                ApprovalRule.objects.create(environment=env, group=group, required_count=count)
-        return {"from": dict(sorted(before.items())), "to": dict(sorted(after.items()))}
 
 
 # --- audit log ---------------------------------------------------------------------------

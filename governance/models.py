@@ -4,6 +4,8 @@ log and report jobs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import timedelta
 
 from django.conf import settings
@@ -11,6 +13,9 @@ from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+from orchestrator.kernel.restrict import RestrictedManager, RestrictedQuerySet
+from orchestrator.kernel.states import StateMachine
 
 
 class Tier(models.TextChoices):
@@ -37,6 +42,8 @@ class Environment(models.Model):
     reminder_minutes = models.PositiveIntegerField(default=60)
     notify_webhook_url = models.URLField(blank=True)
 
+    objects = RestrictedManager()
+
     class Meta:
         ordering = ["name"]
         permissions = [
@@ -44,12 +51,36 @@ class Environment(models.Model):
             ("override_environment", "Can override soft-mandatory denials (break-glass)"),
         ]
 
+    # The settings a person edits (environment page, admin); governance.actions writes them.
+    SETTINGS = (
+        "tier",
+        "protected",
+        "timezone",
+        "approval_ttl_hours",
+        "reminder_minutes",
+        "notify_webhook_url",
+    )
+
     def __str__(self) -> str:
         return self.name
 
     @property
     def approval_ttl(self) -> timedelta:
         return timedelta(hours=self.approval_ttl_hours)
+
+    def fingerprint(self) -> str:
+        """A hash of everything the environment editor shows. The editor posts the whole
+        desired state (a rule left out is deleted), so saving over a newer state would
+        silently undo someone else's change: the form carries this hash and a mismatch
+        refuses the save (governance.actions.update_environment)."""
+        state = {name: getattr(self, name) for name in self.SETTINGS}
+        state["freeze_windows"] = self.freeze_windows or []
+        state["change_windows"] = self.change_windows or []
+        state["rules"] = sorted(
+            (r.group.name, r.required_count) for r in self.approval_rules.select_related("group")
+        )
+        text = json.dumps(state, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ApprovalRule(models.Model):
@@ -105,6 +136,8 @@ class Policy(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
+    objects = RestrictedManager()
+
     class Meta:
         ordering = ["name"]
         verbose_name_plural = "policies"
@@ -132,6 +165,8 @@ class PolicyVersion(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
 
+    objects = RestrictedManager()
+
     class Meta:
         ordering = ["policy", "-number"]
         constraints = [
@@ -154,6 +189,54 @@ class GateStatus(models.TextChoices):
 GATE_FINAL = frozenset(
     {GateStatus.OPEN, GateStatus.REJECTED, GateStatus.BLOCKED, GateStatus.OVERRIDDEN}
 )
+GATE_MACHINE = StateMachine(
+    "gate",
+    GateStatus.values,
+    {
+        GateStatus.WAITING: {
+            GateStatus.OPEN,
+            GateStatus.OVERRIDDEN,
+            GateStatus.BLOCKED,
+            GateStatus.REJECTED,
+            GateStatus.EXPIRED,
+        },
+        # Open is final for people, not for the engine: until the stage is dispatched every
+        # check re-evaluates, and a freeze that started (or a voided approval) takes it back.
+        GateStatus.OPEN: {GateStatus.WAITING, GateStatus.OVERRIDDEN, GateStatus.BLOCKED},
+        GateStatus.OVERRIDDEN: {GateStatus.WAITING, GateStatus.OPEN, GateStatus.BLOCKED},
+    },
+)
+BLOCKING_RESULTS = ("deny", "error")
+
+
+class GateQuerySet(RestrictedQuerySet):
+    """The read rules of gates, each written once (pages, API, badge and notifications)."""
+
+    def waiting_for(self, user) -> models.QuerySet:
+        """Waiting gates of environments `user` may approve, in pipelines they may view:
+        the approvals inbox and its badge."""
+        return self.restrict(user, "approve").filter(status=GateStatus.WAITING)
+
+    def decidable_by(self, user) -> models.QuerySet:
+        """Waiting gates `user` could decide now: permitted, in a rule group, not excluded
+        by separation of duties (trigger, last editor, the `author` parameter) and not
+        decided by them yet."""
+        qs = self.waiting_for(user).filter(environment__approval_rules__group__in=user.groups.all())
+        qs = qs.exclude(stage_run__run__triggered_by=user).exclude(
+            stage_run__run__version__author=user
+        )
+        names = {user.get_username().lower()}
+        if getattr(user, "email", ""):
+            names.add(user.email.lower())
+        decided = Approval.objects.filter(user=user, void=False).values("gate_id")
+        qs = qs.exclude(pk__in=decided)
+        # The author parameter is free text: compare in Python on the (small) waiting set.
+        ids = [
+            pk
+            for pk, author in qs.values_list("pk", "stage_run__run__parameters__author").distinct()
+            if not (isinstance(author, str) and author.strip().lower() in names)
+        ]
+        return self.filter(pk__in=ids)
 
 
 class Gate(models.Model):
@@ -176,6 +259,8 @@ class Gate(models.Model):
     notified_at = models.DateTimeField(null=True, blank=True)
     reminded_at = models.DateTimeField(null=True, blank=True)
 
+    objects = models.Manager.from_queryset(GateQuerySet)()
+
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "created_at"])]
@@ -186,6 +271,27 @@ class Gate(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in GATE_FINAL
+
+    def overridden_policies(self, overrides=None) -> set[tuple[str, int]]:
+        """(policy name, version) pairs an override of this gate passed."""
+        if overrides is None:
+            overrides = self.overrides.all()
+        return {(p.get("policy"), p.get("version")) for o in overrides for p in o.policies}
+
+    def open_soft_denials(self, decisions=None, overrides=None) -> list:
+        """The current soft-mandatory denials that no override of this gate covers yet (what
+        an override would pass). `decisions` (current ones, with policy_version__policy) and
+        `overrides` may be given when the caller has them loaded."""
+        if decisions is None:
+            decisions = self.decisions.filter(current=True).select_related("policy_version__policy")
+        covered = self.overridden_policies(overrides)
+        return [
+            d
+            for d in decisions
+            if d.enforcement == Enforcement.SOFT_MANDATORY
+            and d.result in BLOCKING_RESULTS
+            and (d.policy_version.policy.name, d.policy_version.number) not in covered
+        ]
 
 
 class PolicyDecision(models.Model):
@@ -205,6 +311,8 @@ class PolicyDecision(models.Model):
     duration_ms = models.FloatField(default=0)
     current = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = RestrictedManager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -238,6 +346,8 @@ class Approval(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     void = models.BooleanField(default=False)
     void_reason = models.CharField(max_length=200, blank=True)
+
+    objects = RestrictedManager()
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -295,6 +405,8 @@ class AuditEvent(models.Model):
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
 
+    objects = RestrictedManager()
+
     class Meta:
         ordering = ["seq"]
         indexes = [models.Index(fields=["target_type", "target_id"])]
@@ -324,6 +436,15 @@ class ReportJob(models.Model):
         DONE = "done"
         FAILED = "failed"
 
+    MACHINE = StateMachine(
+        "report job",
+        Status.values,
+        {
+            Status.QUEUED: {Status.RUNNING, Status.FAILED},
+            Status.RUNNING: {Status.DONE, Status.FAILED},
+        },
+    )
+
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
@@ -336,6 +457,8 @@ class ReportJob(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RestrictedManager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -33,10 +33,10 @@ from django.views.decorators.http import require_GET, require_http_methods
 from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
 
 from . import audit, policies, rego
+from .actions import EnvironmentChanged
 from .forms import (
     NEW_POLICY_SOURCE,
     AuditFilterForm,
-    EnvironmentChanged,
     EnvironmentEditor,
     PolicyForm,
     parse_utc,

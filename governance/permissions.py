@@ -1,6 +1,7 @@
 """The one place that decides what a user may see or do.
 
-`restrict(queryset, user, action)` filters any queryset of the domain by what `user` may do;
+`restrict(queryset, user, action)` — also `Model.objects.restrict(user, action)` on every
+domain model — filters any queryset of the domain by what `user` may do;
 pages, API, websocket subscriptions and exports all call it, so nothing leaks through a list,
 a count, an export or an event. `can(user, action, obj)` is the same decision for one object.
 
@@ -15,6 +16,20 @@ from __future__ import annotations
 from django.db.models import Model, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
+from orchestrator.kernel import restrict as restricted
+from orchestrator.models import LogChunk, Pipeline, PipelineVersion, Run, StageRun, StepRun
+
+from .models import (
+    Approval,
+    AuditEvent,
+    Environment,
+    Gate,
+    Policy,
+    PolicyDecision,
+    PolicyVersion,
+    ReportJob,
+)
+
 PIPELINE_ACTIONS = ("view", "run", "change")
 
 
@@ -23,26 +38,12 @@ def _active(user) -> bool:
 
 
 def pipelines(user, action: str = "view") -> QuerySet:
-    from orchestrator.models import Pipeline
-
     return restrict(Pipeline.objects.all(), user, action)
 
 
 def restrict(qs: QuerySet, user, action: str = "view") -> QuerySet:
-    """`qs` narrowed to what `user` may `action`. Unknown combinations allow nothing."""
-    from orchestrator.models import LogChunk, Pipeline, PipelineVersion, Run, StageRun, StepRun
-
-    from .models import (
-        Approval,
-        AuditEvent,
-        Environment,
-        Gate,
-        Policy,
-        PolicyDecision,
-        PolicyVersion,
-        ReportJob,
-    )
-
+    """`qs` narrowed to what `user` may `action`. Unknown combinations allow nothing. Also
+    reached as `Model.objects.restrict(user, action)` (kernel.restrict)."""
     if not _active(user):
         return qs.none()
     model = qs.model
@@ -100,6 +101,9 @@ def restrict(qs: QuerySet, user, action: str = "view") -> QuerySet:
             return qs.filter(requested_by=user)
         return qs.none()
     return qs.none()
+
+
+restricted.register(restrict)
 
 
 def can(user, action: str, obj: Model) -> bool:

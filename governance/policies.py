@@ -35,6 +35,7 @@ from .models import (
     PolicyVersion,
     Tier,
 )
+from .permissions import restrict
 from .rego import PolicyCompileError
 
 __all__ = [
@@ -455,8 +456,6 @@ def dry_run(
     With `policy`, only gates whose environment is in the policy's scope are replayed. With a
     user as `actor`, only gates that user may view (nothing leaks through the counts). Nothing
     is written except one "policy.dry_run" audit event."""
-    from .permissions import restrict
-
     _check_enforcement(enforcement)
     try:
         days = int(days)

@@ -1591,90 +1591,14 @@ def report_dir() -> Path:
     return path
 
 
-def request_pdf(user, params: Mapping) -> ReportJob:
-    """Validate the filters and queue a PDF job (the task is sent after commit)."""
-    from django.db import transaction
-
+def new_pdf_job(user, params: Mapping) -> tuple[ReportJob, ChangeFilters]:
+    """Validate the filters and create a queued PDF job (governance.actions.request_report_pdf
+    audits it and queues it)."""
     if not can_export(user):
         raise PermissionError("you may not export reports")
     filters = parse_change_filters(params, user)
     job = ReportJob.objects.create(requested_by=user, kind="changes", filters=filters.as_params())
-    audit.record(user, "report.request", job, format="pdf", filters=filters.as_dict())
-
-    def send() -> None:
-        from .tasks import generate_report_pdf
-
-        try:
-            generate_report_pdf.delay(job.pk)
-        except Exception:  # noqa: BLE001  broker down: the job stays queued and says so
-            ReportJob.objects.filter(pk=job.pk, status=ReportJob.Status.QUEUED).update(
-                error="could not reach the task queue; ask an administrator"
-            )
-
-    transaction.on_commit(send)
-    return job
-
-
-def generate_pdf(job: ReportJob, *, progress: Callable[[int], None] | None = None) -> ReportJob:
-    """Build the PDF of `job` (already claimed: status running), write it under
-    MEDIA_ROOT/reports/ and store its SHA-256. Progress: 0–50 % reading the rows, 50–100 %
-    laying out the pages."""
-    from . import pdf
-
-    user = job.requested_by
-    report = lambda p: progress(p) if progress else None  # noqa: E731
-    filters = parse_change_filters(job.filters, user)
-    as_of = timezone.now()
-    qs = change_queryset(user, filters, as_of=as_of)
-    total = qs.count()
-    exc_counts = count_exceptions(qs, filters, as_of=as_of)
-    rows_count = {
-        "changes": total,
-        "exceptions": sum(exc_counts.values()),
-        **{f"exceptions.{k}": v for k, v in exc_counts.items()},
-    }
-    evidence = make_evidence(
-        user,
-        "changes",
-        "change report",
-        filters=filters.as_dict(),
-        rows=rows_count,
-        fmt="pdf",
-        generated_at=as_of,
-        job=job.pk,
-    )
-    evidence.verify()
-    changes = []
-    for i, row in enumerate(iter_changes(qs), start=1):
-        changes.append(row)
-        if i % CHUNK_SIZE == 0 and total:
-            report(min(45, int(45 * i / total)))
-    exceptions = list(iter_exceptions(qs, filters, as_of=as_of))
-    report(50)
-    data = pdf.render_change_report(
-        evidence.header(), changes, exceptions, progress=lambda f: report(50 + int(49 * f))
-    )
-    digest = hashlib.sha256(data).hexdigest()
-    path = report_dir() / f"clearway-changes-{job.pk}-{digest[:12]}.pdf"
-    path.write_bytes(data)
-    job.file = str(path.relative_to(Path(settings.MEDIA_ROOT)))
-    job.sha256 = digest
-    job.status = ReportJob.Status.DONE
-    job.progress = 100
-    job.finished_at = timezone.now()
-    job.error = ""
-    job.save(update_fields=["file", "sha256", "status", "progress", "finished_at", "error"])
-    # The file's digest goes into the hash chain: the PDF can be matched to this event.
-    audit.record(
-        user,
-        "report.generate",
-        job,
-        format="pdf",
-        sha256=digest,
-        rows=rows_count,
-        file=path.name,
-    )
-    return job
+    return job, filters
 
 
 def job_path(job: ReportJob) -> Path | None:

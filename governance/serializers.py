@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from . import gates
 from .models import ApprovalDecision, Enforcement, Environment, Gate, GateStatus
+from .permissions import can
 
 # --- gates --------------------------------------------------------------------------------
 
@@ -155,9 +157,6 @@ def gate_summary(gate: Gate) -> dict:
 
 def gate_detail(gate: Gate, user) -> dict:
     """Everything about a gate that `user` (who may view it) may see, and what they may do."""
-    from . import gates
-    from .permissions import can
-
     run = gate.stage_run.run
     env = gate.environment
     decisions = list(
@@ -169,7 +168,7 @@ def gate_detail(gate: Gate, user) -> dict:
     overrides = list(gate.overrides.select_related("user").order_by("created_at", "pk"))
     live = [a for a in approvals if not a.void]
     progress = gates.approval_progress(env, live)
-    covered = {(p.get("policy"), p.get("version")) for o in overrides for p in o.policies}
+    covered = gate.overridden_policies(overrides)
     decision_rows = [
         {
             "policy": d.policy_version.policy.name,
@@ -208,12 +207,7 @@ def gate_detail(gate: Gate, user) -> dict:
     if can_reject:
         mine = next((a for a in live if a.user_id == user.pk), None)
         can_reject = mine is None or mine.decision == ApprovalDecision.APPROVE
-    soft_open = any(
-        d["enforcement"] == Enforcement.SOFT_MANDATORY
-        and d["result"] in gates.BLOCKING_RESULTS
-        and not d["overridden"]
-        for d in decision_rows
-    )
+    soft_open = bool(gate.open_soft_denials(decisions, overrides))
     can_override = (
         soft_open and gates.state_problem(gate, run) is None and can(user, "override", gate)
     )

@@ -4,10 +4,13 @@ seed): the signals fire inside the transaction of the change."""
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 from guardian.models import GroupObjectPermission, UserObjectPermission
+
+from orchestrator import events
 
 from . import audit
 from .models import Outcome
@@ -32,8 +35,6 @@ def _login_failed(sender, credentials, request=None, **kwargs):
 def _groups_changed(sender, instance, action, pk_set, reverse, **kwargs):
     if action not in ("post_add", "post_remove", "post_clear"):
         return
-    from django.contrib.auth.models import Group
-
     if reverse:  # group.user_set changed
         names = [instance.name]
         users = list(User.objects.filter(pk__in=pk_set or []))
@@ -56,8 +57,6 @@ def _account_changed(sender, instance, created, update_fields=None, **kwargs):
 
 
 def _access_changed(user_ids) -> None:
-    from orchestrator import events
-
     events.publish_access_changed(user_ids)
 
 

@@ -6,16 +6,15 @@ import smtplib
 
 from celery import Task, shared_task
 
+from . import actions, notifications
 from .notifications import WebhookError
 
 
 @shared_task(name="clearway.gate_housekeeping")
 def gate_housekeeping() -> dict:
     """Void expired and stale approvals, re-check waiting gates, send reminders (see
-    governance.gates.housekeeping)."""
-    from . import gates
-
-    return gates.housekeeping()
+    governance.actions.housekeeping)."""
+    return actions.housekeeping()
 
 
 class NotificationTask(Task):
@@ -26,8 +25,6 @@ class NotificationTask(Task):
     channel = ""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        from . import notifications
-
         gate_id, kind = (list(args) + [None, None])[:2]
         notifications.failed(gate_id, kind or "", self.channel, str(exc))
 
@@ -49,8 +46,6 @@ _RETRY = {
     **_RETRY,
 )
 def notify_gate_email(self, gate_id: int, kind: str) -> int:
-    from . import notifications
-
     return notifications.send_email(gate_id, kind)
 
 
@@ -61,47 +56,10 @@ def notify_gate_email(self, gate_id: int, kind: str) -> int:
     **_RETRY,
 )
 def notify_gate_webhook(self, gate_id: int, kind: str) -> int:
-    from . import notifications
-
     return notifications.post_webhook(gate_id, kind)
 
 
 @shared_task(name="clearway.generate_report_pdf")
 def generate_report_pdf(job_id: int) -> str | None:
-    """Build a PDF change report (governance.reports.generate_pdf). Claims the job with a
-    conditional UPDATE, so a redelivered message never builds it twice; a missing or
-    already-claimed job is left alone. Returns the file's SHA-256."""
-    from django.utils import timezone
-
-    from . import audit, reports
-    from .models import Outcome, ReportJob
-
-    claimed = ReportJob.objects.filter(pk=job_id, status=ReportJob.Status.QUEUED).update(
-        status=ReportJob.Status.RUNNING, progress=1, error=""
-    )
-    if claimed != 1:
-        return None
-    job = ReportJob.objects.select_related("requested_by").get(pk=job_id)
-    last = {"p": 1}
-
-    def progress(percent: int) -> None:
-        if percent > last["p"]:  # one UPDATE per visible step, not per row
-            last["p"] = percent
-            ReportJob.objects.filter(pk=job_id).update(progress=min(percent, 99))
-
-    try:
-        job = reports.generate_pdf(job, progress=progress)
-    except Exception as exc:
-        bad_filter = isinstance(exc, reports.FilterError)
-        ReportJob.objects.filter(pk=job_id).update(
-            status=ReportJob.Status.FAILED,
-            error=str(exc) if bad_filter else "report generation failed",
-            finished_at=timezone.now(),
-        )
-        audit.record(
-            job.requested_by, "report.generate", job, outcome=Outcome.FAILURE, error=str(exc)[:500]
-        )
-        if not bad_filter:
-            raise
-        return None
-    return job.sha256
+    """Build a queued PDF change report (governance.actions.generate_report_pdf)."""
+    return actions.generate_report_pdf(job_id)

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from orchestrator.models import Pipeline, StageStatus, Team
 
-from . import reports
+from . import actions, reports
 from .api_reports import download, stream
 from .models import Environment, Outcome, ReportJob
 from .permissions import can_export, restrict
@@ -83,7 +83,7 @@ def reports_page(request):
     try:
         filters = reports.parse_change_filters(values, request.user)
         if choice == "pdf":
-            reports.request_pdf(request.user, filters.as_params())
+            actions.request_report_pdf(request.user, filters.as_params())
             return redirect(f"{reverse('governance:reports')}#jobs")
         fmt = reports.parse_format({"format": choice}, reports.CHANGE_FORMATS)
     except reports.FilterError as exc:

@@ -2,29 +2,37 @@
 row(s) through governance.audit.record and publishes live events after commit; work for the
 workers is dispatched after commit too (a task never sees uncommitted rows).
 
-The run-state verbs use `_transition()`: their audit rows and events are written at the end
-of the transaction in one go (audit.batch, events.batch) — a handful of statements instead of
-four per audit row and one per event."""
+Every change of run state runs in `transition()` — one transaction whose audit rows and
+events are written at its end in one go (audit.batch, events.batch), so the audit chain
+head is locked only from there to the commit, never across a policy evaluation — and moves
+the run forward through the one verb `advance()`. The governance verbs (approve, reject,
+override, gate housekeeping) use the same two."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import hmac
+import json
 import logging
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, PeriodicTask
+from guardian.shortcuts import assign_perm
 
-from governance import audit
+from governance import audit, gates
 from governance.models import Environment, Outcome
 
-from . import engine, events, fastsql, spec
+from . import engine, events, lifecycle, spec
+from .kernel import fastsql
+from .kernel.queue import enqueue
 from .models import (
     STEP_TERMINAL,
     Pipeline,
@@ -37,6 +45,7 @@ from .models import (
     StepStatus,
     Team,
     Trigger,
+    WebhookDelivery,
 )
 
 logger = logging.getLogger(__name__)
@@ -49,7 +58,7 @@ class ActionError(Exception):
 # --- dispatching ----------------------------------------------------------------------
 
 
-# Who receives steps to execute: Celery (tasks.dispatch_step) unless a caller — the demo's
+# Who receives steps to execute: Celery (`dispatch_step`) unless a caller — the demo's
 # history seeder, which simulates execution with a travelled clock — says otherwise.
 _dispatch_override: contextvars.ContextVar = contextvars.ContextVar("dispatch", default=None)
 
@@ -64,13 +73,22 @@ def dispatching_to(func):
         _dispatch_override.reset(token)
 
 
+def dispatch_step(step_id: int, attempt: int, countdown: float = 0) -> None:
+    """Hand one attempt of a step to a worker (called after commit), by task name."""
+    try:
+        enqueue(
+            "clearway.execute_step",
+            (step_id, attempt),
+            countdown=countdown or None,
+            queue=settings.CLEARWAY.get("STEP_QUEUE") or None,
+        )
+    except Exception:  # broker down: the reaper re-dispatches queued steps later
+        logger.exception("could not dispatch step %s attempt %s", step_id, attempt)
+
+
 def _dispatcher():
     override = _dispatch_override.get()
-    if override is not None:
-        return override
-    from . import tasks
-
-    return tasks.dispatch_step
+    return override if override is not None else dispatch_step
 
 
 def dispatch_after_commit(outcome: engine.Outcome) -> None:
@@ -91,11 +109,17 @@ def dispatch_after_commit(outcome: engine.Outcome) -> None:
 
 
 @contextlib.contextmanager
-def _transition():
+def transition():
     """One transaction whose audit rows and events are appended when it ends (the events
-    first: the run row is locked by then; then the audit chain head, held until commit)."""
+    first: the run row is locked by then; then the audit chain head, held until commit).
+    Every change of run, stage, step or gate state runs inside one; nested, it joins the
+    outer block."""
     with transaction.atomic(), audit.batch(), events.batch():
         yield
+
+
+def in_transition() -> bool:
+    return audit.batching_now() and events.batching_now()
 
 
 def _lock_run_of_step(step_id: int, known: Run | None = None) -> Run | None:
@@ -150,33 +174,48 @@ def workspace_for(run_id: int) -> Path:
     return Path(settings.CLEARWAY["WORKSPACE_ROOT"]) / f"run-{run_id}"
 
 
-def _cleanup_after_commit(run: Run) -> None:
-    if run.is_terminal:
-        path = workspace_for(run.pk)
-        transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
+def _remove_workspace_after_commit(run: Run) -> None:
+    path = workspace_for(run.pk)
+    transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
 
 
-def _advance_locked(
+def advance(
     run: Run,
-    now: datetime | None = None,
     *,
+    actor=None,
+    now: datetime | None = None,
     stages: list[StageRun] | None = None,
     steps: list[StepRun] | None = None,
     claim_for: str = "",
 ) -> engine.Outcome:
-    outcome = engine.advance(run, now=now, stages=stages, steps=steps, claim_for=claim_for)
+    """The one way a run moves forward: trigger, finish, cancel, approve, reject, override,
+    gate housekeeping and re-checks all end here. Call it inside `transition()` with the run
+    row locked. The engine decides (gates checked on `actor`'s behalf); the steps that
+    became ready are dispatched after commit; a run that ended, however it ended, has its
+    workspace removed after commit."""
+    if not in_transition():
+        raise RuntimeError("advance() runs inside transition(), with the run row locked")
+    check = functools.partial(_check_gate, actor=actor)
+    outcome = engine.advance(
+        run, gate_check=check, now=now, stages=stages, steps=steps, claim_for=claim_for
+    )
     dispatch_after_commit(outcome)
-    _cleanup_after_commit(run)
+    if run.is_terminal:
+        _remove_workspace_after_commit(run)
     return outcome
 
 
-def advance_run(run_id: int, *, now: datetime | None = None) -> Run | None:
-    """Re-examine a run (after a gate decision, by the reaper, ...)."""
-    with _transition():
-        run = Run.objects.select_for_update().filter(pk=run_id).first()
+def _check_gate(stage: StageRun, now: datetime, *, actor) -> tuple[str, str]:
+    return gates.check(stage, now=now, actor=actor)
+
+
+def advance_run(run_id: int, *, actor=None, now: datetime | None = None) -> Run | None:
+    """Re-examine a run by id (the `clearway.advance_run` task, the reaper, re-checks)."""
+    with transition():
+        run = Run.objects.select_for_update(of=("self",)).filter(pk=run_id).first()
         if run is None or run.is_terminal:
             return run
-        _advance_locked(run, now)
+        advance(run, actor=actor, now=now)
         return run
 
 
@@ -220,8 +259,6 @@ def create_pipeline(
 
 
 def _grant_team(pipeline: Pipeline) -> None:
-    from guardian.shortcuts import assign_perm
-
     for perm in ("view_pipeline", "run_pipeline", "change_pipeline"):
         assign_perm(f"orchestrator.{perm}", pipeline.team.group, pipeline)
 
@@ -258,10 +295,6 @@ def update_pipeline(
 
 def _sync_schedule(pipeline: Pipeline) -> None:
     """Keep the pipeline's cron schedule (django-celery-beat) in step with its spec."""
-    import json
-
-    from django_celery_beat.models import CrontabSchedule, PeriodicTask
-
     name = f"pipeline:{pipeline.slug}"
     cron = (pipeline.current_version.spec or {}).get("schedule")
     if not cron:
@@ -309,7 +342,7 @@ def trigger_run(
         raise ActionError("the pipeline has no definition yet")
     params = spec.validate_parameters(version.spec, parameters or {})
     envs = {e.name: e for e in Environment.objects.all()}
-    with _transition():
+    with transition():
         # FOR NO KEY UPDATE, not FOR UPDATE: a worker's commit takes FOR KEY SHARE on this
         # row (PostgreSQL re-checks a run's pipeline foreign key when the run row was updated
         # twice in one transaction) while it holds the audit chain head we want next — with
@@ -341,7 +374,7 @@ def trigger_run(
         )
         events.publish_run(run)
         # The new rows are this transaction's: no other one sees them before the commit.
-        _advance_locked(run, now, stages=stages, steps=steps)
+        advance(run, actor=actor, now=now, stages=stages, steps=steps)
     return run
 
 
@@ -381,7 +414,7 @@ def cancel_run(run: Run, *, actor, reason: str = "", now: datetime | None = None
     """Cancel what has not finished. Running steps are marked canceled here; their executor
     notices on its next status poll and kills the whole process group."""
     now = now or timezone.now()
-    with _transition():
+    with transition():
         run = Run.objects.select_for_update().get(pk=run.pk)
         if run.is_terminal:
             raise ActionError(f"run #{run.number} already ended ({run.status})")
@@ -391,27 +424,15 @@ def cancel_run(run: Run, *, actor, reason: str = "", now: datetime | None = None
                 continue
             for step in stage.steps.all():
                 if step.status not in STEP_TERMINAL:
-                    step.status = StepStatus.CANCELED
-                    step.finished_at = now
                     step.error = step.error or reason
-                    step.save(update_fields=["status", "finished_at", "error"])
-                    events.publish_step(step, run)
-            stage.set_status(StageStatus.CANCELED, reason=reason, now=now)
-            events.publish_stage(stage, run)
-        _close_gates(run, now)
-        run.set_status(RunStatus.CANCELED, reason=reason, now=now)
-        audit.record(actor, "run.cancel", run, at=now, reason=reason)
-        events.publish_run(run)
-        _cleanup_after_commit(run)
+                    lifecycle.step(step, StepStatus.CANCELED, run=run, now=now, fields=["error"])
+            lifecycle.stage(stage, StageStatus.CANCELED, run=run, now=now, reason=reason)
+        gates.close_for_run(run, now=now, actor=actor)
+        lifecycle.run(
+            run, RunStatus.CANCELED, now=now, reason=reason, actor=actor, action="run.cancel"
+        )
+        advance(run, actor=actor, now=now)  # the run has ended: workspace, nothing to start
     return run
-
-
-def _close_gates(run: Run, now: datetime) -> None:
-    from governance import gates
-
-    close = getattr(gates, "close_for_run", None)
-    if close is not None:
-        close(run, now=now)
 
 
 def retry_run(run: Run, *, actor, now: datetime | None = None) -> Run:
@@ -436,25 +457,12 @@ def claim_step(step_id: int, attempt: int, *, worker: str) -> StepRun | None:
     duplicated task message harmless: only one claim of (step, attempt) can succeed. It runs
     with the run row locked, like every other change of a step's status, so the run's other
     writers never see a half-made claim."""
-    with _transition():
+    with transition():
         run = _lock_run_of_step(step_id)
         if run is None:
             return None
         now = timezone.now()
-        claimed = fastsql.update_where(
-            StepRun,
-            {
-                "status": StepStatus.RUNNING,
-                "started_at": now,
-                "finished_at": None,  # a retried attempt starts afresh
-                "heartbeat_at": now,
-                "worker": worker[:200],
-                "exit_code": None,
-                "error": "",
-            },
-            {"id": step_id, "status": StepStatus.QUEUED, "attempt": attempt},
-        )
-        if claimed != 1:
+        if not lifecycle.claim_queued(step_id, attempt, worker=worker, now=now):
             return None
         # Hand the rows their relations: audit names (str()), events and the executor's
         # environment read them, each read otherwise one more query.
@@ -463,7 +471,7 @@ def claim_step(step_id: int, attempt: int, *, worker: str) -> StepRun | None:
         if step.stage.environment_id:
             step.stage.environment = Environment.objects.get(pk=step.stage.environment_id)
         step.stage.run = run
-        engine.start_step(step, step.stage, run, worker=worker, now=now)
+        lifecycle.started(step, step.stage, run, worker=worker, now=now)
     return step
 
 
@@ -514,7 +522,7 @@ def _finish(
 ) -> tuple[StepRun | None, StepRun | None]:
     now = now or timezone.now()
     known = log.step.stage.run if log is not None and log.step.pk == step_id else None
-    with _transition():
+    with transition():
         run = _lock_run_of_step(step_id, known)
         if run is None:
             return None, None
@@ -527,46 +535,43 @@ def _finish(
         step.stage = next(s for s in stages if s.pk == step.stage_id)
         fields = log.write_locked(step) if log is not None else []
         if step.status != StepStatus.RUNNING or step.attempt != attempt:
+            # A stale attempt (canceled, reaped, retried): its outcome is refused; only the
+            # log lines it wrote before it noticed are kept.
             if fields:
                 fastsql.update(step, fields)
             if not run.is_terminal:
-                _advance_locked(run, now, stages=stages, steps=steps)
+                advance(run, now=now, stages=stages, steps=steps)
             return step, None
         step.exit_code = exit_code
         step.error = error[:4000]
-        step.finished_at = now
-        step.heartbeat_at = None
         retry = not succeeded and step.attempt < step.max_attempts and not run.is_terminal
         if succeeded:
-            step.status = StepStatus.SUCCEEDED
+            status = StepStatus.SUCCEEDED
         elif retry:
-            step.status = StepStatus.PENDING  # engine.queue_step re-queues it below
+            status = StepStatus.PENDING  # engine.queue_step re-queues it below
         else:
-            step.status = StepStatus.FAILED
-        fastsql.update(
-            step, ["exit_code", "error", "finished_at", "heartbeat_at", "status", *fields]
-        )
-        audit.record(
-            None,
-            "step.succeeded" if succeeded else "step.failed",
+            status = StepStatus.FAILED
+        lifecycle.step(
             step,
-            at=now,
-            run=run.pk,
+            status,
+            run=run,
+            now=now,
+            fields=["exit_code", "error", *fields],
+            action="step.succeeded" if succeeded else "step.failed",
+            outcome=Outcome.SUCCESS if succeeded else Outcome.FAILURE,
             attempt=attempt,
             exit_code=exit_code,
             error=error[:500],
-            outcome=Outcome.SUCCESS if succeeded else Outcome.FAILURE,
         )
-        events.publish_step(step, run)
-        outcome = engine.Outcome()
         if retry:
+            outcome = engine.Outcome()
             backoff = min(2 ** (step.attempt - 1), 30)
             engine.queue_step(step, run, outcome, countdown=backoff)
             audit.record(
                 None, "step.retry", step, at=now, run=run.pk, attempt=step.attempt, backoff=backoff
             )
             dispatch_after_commit(outcome)
-        advanced = _advance_locked(run, now, stages=stages, steps=steps, claim_for=claim_for)
+        advanced = advance(run, now=now, stages=stages, steps=steps, claim_for=claim_for)
     return step, advanced.claimed
 
 
@@ -670,10 +675,6 @@ def record_delivery(pipeline: Pipeline, signature: str, *, now: datetime | None 
     """Remember an accepted timestamped request; False if its signature was seen before (a
     replay). Call inside the transaction that acts on the request, so that a request that
     is refused later (bad parameters) can be sent again."""
-    from django.db import IntegrityError
-
-    from .models import WebhookDelivery
-
     now = now or timezone.now()
     window = timedelta(seconds=settings.CLEARWAY["WEBHOOK_TOLERANCE"])
     WebhookDelivery.objects.filter(received_at__lt=now - 2 * window).delete()

@@ -7,12 +7,12 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_handler
 
+from governance.rego import PolicyCompileError
+
+from .spec import ParameterError, SpecError
+
 
 def exception_handler(exc, context):
-    from governance.rego import PolicyCompileError
-
-    from .spec import ParameterError, SpecError
-
     if isinstance(exc, SpecError):
         return Response({"message": str(exc), "errors": exc.errors}, status=400)
     if isinstance(exc, ParameterError):

@@ -27,7 +27,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from governance.batching import TransactionBatch, batching
+from .kernel.batching import TransactionBatch, batching
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class _Batch(TransactionBatch):
         return True
 
     def flush(self) -> None:
-        items = self.survivors()
+        items = _one_per_gate(self.survivors())
         if not items:
             return
         counts: dict[int, int] = {}
@@ -287,9 +287,30 @@ class _Batch(TransactionBatch):
                 run.event_seq = following[run_id] - 1
 
 
+def _one_per_gate(items: list) -> list:
+    """A gate is announced once per transaction, with its final state, where its last
+    announcement was: a check may rewrite a gate's reason, and the verb that caused the check
+    (an approval) announces the gate too."""
+    last = {
+        event["data"]["id"]: i
+        for i, (_, _, event) in enumerate(items)
+        if event["type"] == "gate.updated"
+    }
+    return [
+        item
+        for i, item in enumerate(items)
+        if item[2]["type"] != "gate.updated" or last[item[2]["data"]["id"]] == i
+    ]
+
+
 _batch: contextvars.ContextVar[_Batch | None] = contextvars.ContextVar(
     "clearway_events_batch", default=None
 )
+
+
+def batching_now() -> bool:
+    """Inside a batch() block (orchestrator.actions.transition)?"""
+    return _batch.get() is not None
 
 
 def batch():

@@ -27,7 +27,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
-from . import actions, events, fastsql
+from . import actions, events
+from .kernel import fastsql
 from .models import LogChunk, StepRun
 
 MAX_LINE_CHARS = 8192

@@ -1,9 +1,11 @@
 """Orchestration domain: teams, pipelines (as versioned YAML), runs, stage runs, step runs
 and their logs.
 
-Status fields are TextChoices with a set of terminal states. Transitions are methods that
-check the current state and raise IllegalTransition on an illegal move; they save with
-update_fields. Racing transitions lock the row first (see actions.py and engine.py).
+Status fields are TextChoices with their allowed moves in a table next to them (a
+kernel.states.StateMachine). The models' `move` methods check the table and change the
+fields in memory; orchestrator.lifecycle is the only code that writes status columns (it
+calls `move`, writes, audits and announces). Racing transitions lock the run row first (see
+docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from django.contrib.auth.models import Group
 from django.db import models
 from django.utils import timezone
 
+from .kernel.restrict import RestrictedManager
+from .kernel.states import IllegalTransition, StateMachine
 
-class IllegalTransition(Exception):
-    """Raised when a status change is not allowed from the current state."""
+__all__ = ["IllegalTransition"]  # re-exported: callers catch it from here
 
 
 class Team(models.Model):
@@ -54,6 +57,8 @@ class Pipeline(models.Model):
     next_run_number = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = RestrictedManager()
 
     class Meta:
         ordering = ["name"]
@@ -94,6 +99,8 @@ class PipelineVersion(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
 
+    objects = RestrictedManager()
+
     class Meta:
         ordering = ["pipeline", "-number"]
         constraints = [
@@ -121,9 +128,18 @@ class RunStatus(models.TextChoices):
     BLOCKED = "blocked"
 
 
-RUN_TERMINAL = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.BLOCKED}
+_RUN_ENDS = {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.BLOCKED}
+RUN_MACHINE = StateMachine(
+    "run",
+    RunStatus.values,
+    {
+        # Queued straight to an end: a first stage blocked at its gate, or with no steps.
+        RunStatus.QUEUED: {RunStatus.RUNNING, RunStatus.WAITING, *_RUN_ENDS},
+        RunStatus.RUNNING: {RunStatus.WAITING, *_RUN_ENDS},
+        RunStatus.WAITING: {RunStatus.RUNNING, *_RUN_ENDS},
+    },
 )
+RUN_TERMINAL = RUN_MACHINE.terminal
 
 
 class StageStatus(models.TextChoices):
@@ -138,15 +154,35 @@ class StageStatus(models.TextChoices):
     BLOCKED = "blocked"  # a gate refused
 
 
-STAGE_TERMINAL = frozenset(
+STAGE_MACHINE = StateMachine(
+    "stage",
+    StageStatus.values,
     {
-        StageStatus.SUCCEEDED,
-        StageStatus.FAILED,
-        StageStatus.SKIPPED,
-        StageStatus.CANCELED,
-        StageStatus.BLOCKED,
-    }
+        StageStatus.PENDING: {
+            StageStatus.WAITING,
+            StageStatus.QUEUED,
+            StageStatus.SKIPPED,
+            StageStatus.CANCELED,
+            StageStatus.BLOCKED,
+        },
+        StageStatus.WAITING: {
+            StageStatus.QUEUED,
+            StageStatus.SKIPPED,
+            StageStatus.CANCELED,
+            StageStatus.BLOCKED,
+        },
+        # Queued to succeeded: every step skipped; to failed: a step failed before its
+        # stage was seen running (reaped).
+        StageStatus.QUEUED: {
+            StageStatus.RUNNING,
+            StageStatus.SUCCEEDED,
+            StageStatus.FAILED,
+            StageStatus.CANCELED,
+        },
+        StageStatus.RUNNING: {StageStatus.SUCCEEDED, StageStatus.FAILED, StageStatus.CANCELED},
+    },
 )
+STAGE_TERMINAL = STAGE_MACHINE.terminal
 
 
 class StepStatus(models.TextChoices):
@@ -159,9 +195,28 @@ class StepStatus(models.TextChoices):
     CANCELED = "canceled"
 
 
-STEP_TERMINAL = frozenset(
-    {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELED}
+STEP_MACHINE = StateMachine(
+    "step",
+    StepStatus.values,
+    {
+        # Pending to running: claimed inline by the worker that finished the step before.
+        StepStatus.PENDING: {
+            StepStatus.QUEUED,
+            StepStatus.RUNNING,
+            StepStatus.SKIPPED,
+            StepStatus.CANCELED,
+        },
+        StepStatus.QUEUED: {StepStatus.RUNNING, StepStatus.CANCELED},
+        # Running back to pending: a failed attempt with attempts left, re-queued at once.
+        StepStatus.RUNNING: {
+            StepStatus.SUCCEEDED,
+            StepStatus.FAILED,
+            StepStatus.PENDING,
+            StepStatus.CANCELED,
+        },
+    },
 )
+STEP_TERMINAL = STEP_MACHINE.terminal
 
 
 class Run(models.Model):
@@ -190,6 +245,8 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    objects = RestrictedManager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
@@ -213,13 +270,12 @@ class Run(models.Model):
             return self.finished_at - self.started_at
         return None
 
-    def set_status(self, status: str, *, reason: str = "", now=None, save: bool = True) -> list:
-        """Move to `status`; terminal runs never move again. Returns the changed fields
-        (saved unless `save` is false: the caller writes them)."""
+    def move(self, status: str, *, reason: str = "", now=None) -> list[str]:
+        """Check the move against RUN_MACHINE and make it in memory; returns the changed
+        fields (orchestrator.lifecycle writes them). Raises IllegalTransition."""
         if self.status == status:
             return []
-        if self.is_terminal:
-            raise IllegalTransition(f"run {self.pk} is {self.status}; cannot become {status}")
+        RUN_MACHINE.check(f"run {self.pk}", self.status, status)
         now = now or timezone.now()
         self.status = status
         fields = ["status"]
@@ -235,8 +291,6 @@ class Run(models.Model):
         if reason or status in (RunStatus.RUNNING, RunStatus.SUCCEEDED):
             self.reason = reason  # a stale "waits at its gate" must not outlive the wait
             fields.append("reason")
-        if save:
-            self.save(update_fields=fields)
         return fields
 
 
@@ -261,6 +315,8 @@ class StageRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    objects = RestrictedManager()
+
     class Meta:
         ordering = ["run", "position"]
         constraints = [
@@ -274,12 +330,11 @@ class StageRun(models.Model):
     def is_terminal(self) -> bool:
         return self.status in STAGE_TERMINAL
 
-    def set_status(self, status: str, *, reason: str = "", now=None, save: bool = True) -> list:
-        """As Run.set_status."""
+    def move(self, status: str, *, reason: str = "", now=None) -> list[str]:
+        """As Run.move, against STAGE_MACHINE."""
         if self.status == status:
             return []
-        if self.is_terminal:
-            raise IllegalTransition(f"stage {self.pk} is {self.status}; cannot become {status}")
+        STAGE_MACHINE.check(f"stage {self.pk}", self.status, status)
         now = now or timezone.now()
         self.status = status
         fields = ["status"]
@@ -292,8 +347,6 @@ class StageRun(models.Model):
         if reason or status in (StageStatus.QUEUED, StageStatus.RUNNING, StageStatus.SUCCEEDED):
             self.reason = reason
             fields.append("reason")
-        if save:
-            self.save(update_fields=fields)
         return fields
 
 
@@ -320,6 +373,8 @@ class StepRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    objects = RestrictedManager()
+
     class Meta:
         ordering = ["stage", "position"]
 
@@ -336,6 +391,30 @@ class StepRun(models.Model):
             return self.finished_at - self.started_at
         return None
 
+    def move(self, status: str, *, now=None) -> list[str]:
+        """Check the move against STEP_MACHINE and make it in memory with the fields that go
+        with it; returns the changed fields. Queued starts a new attempt; running clears the
+        previous attempt's outcome; an end (or a retry's way back to pending) stops the
+        heartbeat."""
+        if self.status == status:
+            return []
+        STEP_MACHINE.check(f"step {self.pk}", self.status, status)
+        now = now or timezone.now()
+        self.status = status
+        fields = ["status"]
+        if status == StepStatus.QUEUED:
+            self.attempt += 1
+            self.queued_at, self.heartbeat_at = now, None
+            fields += ["attempt", "queued_at", "heartbeat_at"]
+        elif status == StepStatus.RUNNING:
+            self.started_at, self.heartbeat_at, self.finished_at = now, now, None
+            self.exit_code, self.error = None, ""
+            fields += ["started_at", "heartbeat_at", "finished_at", "exit_code", "error"]
+        elif status != StepStatus.SKIPPED:
+            self.finished_at, self.heartbeat_at = now, None
+            fields += ["finished_at", "heartbeat_at"]
+        return fields
+
 
 class LogChunk(models.Model):
     """A batch of log lines of a step. `offset` is the index of its first line; lines are
@@ -346,6 +425,8 @@ class LogChunk(models.Model):
     line_count = models.PositiveIntegerField()
     text = models.TextField()
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = RestrictedManager()
 
     class Meta:
         ordering = ["step", "offset"]

@@ -7,7 +7,12 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_shutting_down
-from django.conf import settings
+
+from governance import audit
+
+from . import actions, executors
+from .models import Pipeline, Trigger
+from .spec import ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -24,54 +29,32 @@ INLINE_STEPS = 50
 
 @worker_shutting_down.connect
 def _stop_chaining(**_kwargs) -> None:
-    from .executors import stop_chaining
-
-    stop_chaining()
+    executors.stop_chaining()
 
 
 @shared_task(name="clearway.execute_step", acks_late=True, reject_on_worker_lost=True)
 def execute_step(step_id: int, attempt: int) -> None:
-    from .executors import execute_step as run
-
-    run(step_id, attempt, chain=INLINE_STEPS)
-
-
-def dispatch_step(step_id: int, attempt: int, countdown: float = 0) -> None:
-    """Hand one attempt of a step to a worker (called after commit)."""
-    try:
-        queue = settings.CLEARWAY.get("STEP_QUEUE") or None
-        execute_step.apply_async((step_id, attempt), countdown=countdown or None, queue=queue)
-    except Exception:  # broker down: the reaper re-dispatches queued steps later
-        logger.exception("could not dispatch step %s attempt %s", step_id, attempt)
+    """Sent by name by orchestrator.actions.dispatch_step."""
+    executors.execute_step(step_id, attempt, chain=INLINE_STEPS)
 
 
 @shared_task(name="clearway.advance_run")
 def advance_run(run_id: int) -> None:
-    from .actions import advance_run as advance
-
-    advance(run_id)
+    actions.advance_run(run_id)
 
 
 @shared_task(name="clearway.reap_stale_steps")
 def reap_stale_steps() -> dict:
-    from .actions import reap_stale_steps as reap
-
-    return reap()
+    return actions.reap_stale_steps()
 
 
 @shared_task(name="clearway.trigger_scheduled_run")
 def trigger_scheduled_run(pipeline_id: int) -> int | None:
-    from governance import audit
-
-    from .actions import trigger_run
-    from .models import Pipeline, Trigger
-    from .spec import ParameterError
-
     pipeline = Pipeline.objects.filter(pk=pipeline_id).first()
     if pipeline is None:
         return None
     try:
-        return trigger_run(pipeline, actor=None, trigger=Trigger.SCHEDULE).pk
+        return actions.trigger_run(pipeline, actor=None, trigger=Trigger.SCHEDULE).pk
     except ParameterError as exc:
         audit.record(
             None, "run.trigger", pipeline, outcome="failure", trigger="schedule", error=str(exc)

@@ -258,11 +258,11 @@ def pipeline(make_pipeline):
 def dispatched(monkeypatch) -> list[tuple[int, int, float]]:
     """Records (step_id, attempt, countdown) handed to workers after commit, instead of
     sending them to Celery."""
-    from orchestrator import tasks
+    from orchestrator import actions
 
     calls: list[tuple[int, int, float]] = []
     monkeypatch.setattr(
-        tasks,
+        actions,
         "dispatch_step",
         lambda step_id, attempt, countdown=0: calls.append((step_id, attempt, countdown)),
     )

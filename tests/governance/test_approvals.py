@@ -191,7 +191,7 @@ def test_approvals_expire_after_the_environment_ttl_and_the_gate_asks_again(
     actions.approve_gate(gate, actor=second_approver, now=t0 + timedelta(hours=1))
     assert first.expires_at == t0 + timedelta(hours=24)
 
-    stats = gates.housekeeping(now=t0 + timedelta(hours=24, seconds=1))
+    stats = actions.housekeeping(now=t0 + timedelta(hours=24, seconds=1))
 
     assert stats["voided"] == 1
     first.refresh_from_db()
@@ -225,7 +225,7 @@ def test_a_zero_ttl_means_approvals_do_not_expire(gate, production, approver, t0
     production.save()
     approval = actions.approve_gate(gate, actor=approver, now=t0)
     assert approval.expires_at is None
-    gates.housekeeping(now=t0 + timedelta(days=30))
+    actions.housekeeping(now=t0 + timedelta(days=30))
     approval.refresh_from_db()
     assert not approval.void
 
@@ -237,7 +237,7 @@ def test_republishing_a_policy_voids_the_approvals_given_before(
     gate, make_policy, publish_version, approver, second_approver, security_approver, t0
 ):
     policy = make_policy("ticket", NEEDS_TICKET, "advisory")
-    gates.recheck(gate.pk, now=t0)
+    actions.recheck(gate.pk, now=t0)
     actions.approve_gate(gate, actor=approver, now=t0)
     actions.approve_gate(gate, actor=second_approver, now=t0)
 
@@ -270,7 +270,7 @@ def test_a_change_window_that_opens_does_not_void_approvals(
     assert gate.status == GateStatus.WAITING
     assert gate.reason.startswith("soft-mandatory policy window: outside the change windows")
 
-    gates.housekeeping(now=t0.replace(hour=7, minute=5))  # 08:05 in Berlin
+    actions.housekeeping(now=t0.replace(hour=7, minute=5))  # 08:05 in Berlin
 
     gate.refresh_from_db()
     assert gate.status == GateStatus.OPEN

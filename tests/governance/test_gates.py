@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 
 from governance import actions, audit, gates, rego
+from orchestrator import events
 from governance.models import AuditEvent, Environment, Gate, GateStatus, PolicyDecision, Tier
 from orchestrator import actions as run_actions
 from orchestrator.models import RunStatus, StageStatus
@@ -176,7 +177,7 @@ def test_a_hard_deny_nobody_left_can_lift_blocks(
     assert gate.status == GateStatus.WAITING  # sam and sara could still approve
     # Sara leaves sre: nobody left could bring the second sre approval.
     second_approver.groups.remove(second_approver.groups.get(name="sre"))
-    gates.recheck(gate.pk, now=t0)
+    actions.recheck(gate.pk, now=t0)
     gate.refresh_from_db()
     assert gate.status == GateStatus.BLOCKED
 
@@ -239,7 +240,7 @@ def test_re_evaluating_with_the_same_verdicts_adds_no_decision_rows(run_at_gate,
     run, gate = run_at_gate(now=t0)
     assert PolicyDecision.objects.filter(gate=gate).count() == 1
     for minutes in (1, 2, 3):
-        gates.recheck(gate.pk, now=t0 + timedelta(minutes=minutes))
+        actions.recheck(gate.pk, now=t0 + timedelta(minutes=minutes))
     assert PolicyDecision.objects.filter(gate=gate).count() == 1
     gate.refresh_from_db()
     assert gate.input["now"] == rego.render_time(t0 + timedelta(minutes=3))
@@ -296,7 +297,7 @@ def test_a_freeze_blocks_a_gate_that_waits_for_an_override(
     run, gate = run_at_gate(now=t0)
     approve_all(gate, approvers, t0)
     assert gate.status == GateStatus.WAITING
-    gates.housekeeping(now=t0 + timedelta(hours=2))
+    actions.housekeeping(now=t0 + timedelta(hours=2))
     gate.refresh_from_db()
     assert gate.status == GateStatus.BLOCKED
 
@@ -359,22 +360,48 @@ def test_a_gate_whose_stage_was_skipped_expires_at_housekeeping(
     finish_stage(run, "e2e-tests", succeeded=False, now=t0)
     assert run.stages.get(name="deploy-production").status == StageStatus.SKIPPED
 
-    gates.housekeeping(now=t0 + timedelta(minutes=1))
+    actions.housekeeping(now=t0 + timedelta(minutes=1))
 
     gate.refresh_from_db()
     assert gate.status == GateStatus.EXPIRED
     assert "ended (failed)" in gate.reason
 
 
-def test_gate_changes_are_published_to_the_pipeline_group(run_at_gate, approver, monkeypatch, t0):
-    published = []
-    monkeypatch.setattr(
-        gates.events, "publish_gate", lambda gate, run: published.append((gate.pk, gate.status))
-    )
-    run, gate = run_at_gate(now=t0)
-    assert published == [(gate.pk, GateStatus.WAITING)]
-    actions.approve_gate(gate, actor=approver, now=t0)
-    assert len(published) >= 2  # the reason changed, and the approval itself
+def test_one_gate_updated_per_gate_transition(
+    run_at_gate,
+    approver,
+    second_approver,
+    security_approver,
+    monkeypatch,
+    t0,
+    django_capture_on_commit_callbacks,
+):
+    """Each transaction that changes a gate announces it once, with its final state: the
+    check that creates it, an approval that leaves it waiting, the approval that opens it
+    (which also re-evaluates it in the same transaction)."""
+    sent = []
+    monkeypatch.setattr(events.sender, "send", lambda group, message: sent.append(message))
+
+    def gate_events():
+        found = []
+        for message in sent:
+            batch = message.get("events") or [message["event"]]
+            found += [
+                (e["data"]["id"], e["data"]["status"]) for e in batch if e["type"] == "gate.updated"
+            ]
+        sent.clear()
+        return found
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run, gate = run_at_gate(now=t0)
+    assert gate_events() == [(gate.pk, GateStatus.WAITING)]
+    for user in (approver, second_approver):
+        with django_capture_on_commit_callbacks(execute=True):
+            actions.approve_gate(gate, actor=user, now=t0)
+        assert gate_events() == [(gate.pk, GateStatus.WAITING)]
+    with django_capture_on_commit_callbacks(execute=True):
+        actions.approve_gate(gate, actor=security_approver, now=t0)
+    assert gate_events() == [(gate.pk, GateStatus.OPEN)]
 
 
 def test_a_misconfigured_environment_fails_closed_and_says_what_to_fix(

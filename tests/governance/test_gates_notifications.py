@@ -83,7 +83,7 @@ def test_a_waiting_gate_emails_its_eligible_approvers_once(
 
     mail.outbox.clear()
     with notified():
-        gates.recheck(gate.pk, now=t0 + timedelta(minutes=1))
+        actions.recheck(gate.pk, now=t0 + timedelta(minutes=1))
         actions.approve_gate(gate, actor=approvers[0], now=t0 + timedelta(minutes=2))
     assert mail.outbox == []  # still waiting: no second notice
 
@@ -144,17 +144,17 @@ def test_an_unreachable_webhook_fails_the_same_way(
 
 def test_a_reminder_goes_out_once_after_the_reminder_delay(gate, approvers, notified, t0):
     with notified():
-        gates.housekeeping(now=t0 + timedelta(minutes=59))
+        actions.housekeeping(now=t0 + timedelta(minutes=59))
     assert mail.outbox == []
     with notified():
-        stats = gates.housekeeping(now=t0 + timedelta(minutes=61))
+        stats = actions.housekeeping(now=t0 + timedelta(minutes=61))
     assert stats["reminded"] == 1
     assert len(mail.outbox) == 3
     assert mail.outbox[0].subject.startswith("[Clearway] Reminder: payments-api #1")
     gate.refresh_from_db()
     assert gate.reminded_at == t0 + timedelta(minutes=61)
     with notified():
-        gates.housekeeping(now=t0 + timedelta(minutes=200))
+        actions.housekeeping(now=t0 + timedelta(minutes=200))
     assert len(mail.outbox) == 3
 
 

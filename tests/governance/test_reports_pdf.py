@@ -44,7 +44,7 @@ def test_pdf_job_end_to_end(scenario, django_capture_on_commit_callbacks, monkey
     s = scenario
     carl = s.people["compliance-manager"]
     sent = []
-    monkeypatch.setattr(generate_report_pdf, "delay", lambda job_id: sent.append(job_id))
+    monkeypatch.setattr(generate_report_pdf, "apply_async", lambda args, **kw: sent.append(args[0]))
     with django_capture_on_commit_callbacks(execute=True):
         job = queue(carl, exceptions_only=False)
     assert job["status"] == "queued" and job["download_url"] is None
@@ -109,7 +109,7 @@ def test_pdf_progress_is_reported(scenario):
         requested_by=carl, filters=PERIOD, status=ReportJob.Status.RUNNING
     )
     seen = []
-    reports.generate_pdf(job, progress=seen.append)
+    pdf.generate_pdf(job, progress=seen.append)
     assert seen and seen == sorted(seen) and seen[-1] >= 95
     assert 50 in seen
 
@@ -170,7 +170,7 @@ def test_weekly_counts_fill_gaps():
 
 def test_page_flow_pdf_job_progress_and_download(client, scenario, monkeypatch):
     carl = scenario.people["compliance-manager"]
-    monkeypatch.setattr(generate_report_pdf, "delay", lambda job_id: None)
+    monkeypatch.setattr(generate_report_pdf, "apply_async", lambda args, **kw: None)
     client.force_login(carl)
     page = client.get("/reports/")
     assert page.status_code == 200

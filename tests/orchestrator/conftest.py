@@ -35,7 +35,7 @@ class Sent:
 
 
 class FakeCelery:
-    """Records dispatches like `tasks.dispatch_step` would send them; `drive()` executes
+    """Records dispatches like `actions.dispatch_step` would send them; `drive()` executes
     them one after the other with the real executor until nothing is left."""
 
     def __init__(self) -> None:
@@ -73,7 +73,7 @@ class FakeCelery:
 @pytest.fixture
 def worker(monkeypatch) -> FakeCelery:
     fake = FakeCelery()
-    monkeypatch.setattr(tasks, "dispatch_step", fake.dispatch)
+    monkeypatch.setattr(actions, "dispatch_step", fake.dispatch)
     return fake
 
 

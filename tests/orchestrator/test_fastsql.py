@@ -9,7 +9,7 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from orchestrator import fastsql
+from orchestrator.kernel import fastsql
 from orchestrator.models import LogChunk, Run, StageRun, StepRun, StepStatus
 
 pytestmark = pytest.mark.django_db

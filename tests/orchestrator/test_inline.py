@@ -328,7 +328,7 @@ def test_a_transactions_events_are_sent_before_its_steps_are_dispatched(
         seen_at_dispatch.append([e["seq"] for e in published.events()])
         real_dispatch(step_id, attempt, countdown)
 
-    monkeypatch.setattr(tasks, "dispatch_step", dispatch)
+    monkeypatch.setattr(actions, "dispatch_step", dispatch)
     run = start(DIAMOND)
     run.refresh_from_db()
     assert seen_at_dispatch == [list(range(1, run.event_seq + 1))]

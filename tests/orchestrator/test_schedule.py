@@ -30,7 +30,7 @@ stages:
 
 
 def test_schedule_is_synced_to_beat_and_triggers_runs(team, superuser, monkeypatch):
-    monkeypatch.setattr("orchestrator.tasks.dispatch_step", lambda *a, **k: None)
+    monkeypatch.setattr("orchestrator.actions.dispatch_step", lambda *a, **k: None)
     pipeline = actions.create_pipeline(
         actor=superuser, slug="nightly", definition=SCHEDULED, team=team
     )
