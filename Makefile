@@ -39,6 +39,7 @@ check: $(VENV)/.installed-dev
 	$(PY) manage.py makemigrations --check --dry-run
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 lint: check
 	$(VENV)/bin/bandit -q -c pyproject.toml --severity-level high -r orchestrator governance dashboard

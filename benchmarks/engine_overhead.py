@@ -274,7 +274,7 @@ def breakdown(pipeline, actor) -> dict:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from orchestrator import actions, executors, tasks
+    from orchestrator import actions, executors
 
     sent: list[tuple[int, int]] = []
     real_dispatch = actions.dispatch_step

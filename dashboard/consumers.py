@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from governance import permissions
 from orchestrator import events
+from orchestrator.models import Run
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +176,6 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def _visible_run_pipeline(self, run_id: int) -> int | None:
-        from orchestrator.models import Run
-
         user = self.scope["user"]
         return (
             permissions.restrict(Run.objects.filter(pk=run_id), user)
@@ -186,6 +185,4 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
 
     @database_sync_to_async
     def _run_seq(self, run_id: int) -> int:
-        from orchestrator.models import Run
-
         return Run.objects.filter(pk=run_id).values_list("event_seq", flat=True).first() or 0

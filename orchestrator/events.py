@@ -28,6 +28,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from .kernel.batching import TransactionBatch, batching
+from .models import Run
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +180,6 @@ def bind_loop(loop: asyncio.AbstractEventLoop) -> None:
 def _take_seqs(run_id: int, count: int = 1) -> int:
     """Reserve `count` sequence numbers of the run in one statement; returns the last. The
     row stays locked until commit, so sequence order is commit order."""
-    from .models import Run
-
     table = connection.ops.quote_name(Run._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(

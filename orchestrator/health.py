@@ -11,6 +11,8 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from orchestrator.celery import app
+
 
 def _check_database() -> dict:
     try:
@@ -27,8 +29,6 @@ def _check_broker() -> dict:
     scheme = url.split("://", 1)[0]
     if scheme == "memory":
         return {"ok": True, "transport": "memory (embedded)"}
-    from orchestrator.celery import app
-
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)

@@ -18,6 +18,7 @@ import time_machine
 from django.utils import timezone
 
 from governance import actions as gate_actions
+from governance import policies
 from governance.gates import GateError
 from governance.models import Gate, GateStatus, Policy
 from orchestrator import actions
@@ -286,8 +287,6 @@ def seed_history(users: dict, pipelines: dict, *, days: int = 60, out=None) -> i
 def _edit_policy(author, clock: Clock) -> None:
     """Halfway through, the policy admin lets hotfix branches through the main-branch
     warning (a real edit, published with its test cases passing)."""
-    from governance import policies
-
     policy = Policy.objects.filter(name="main-branch").first()
     if policy is None or policy.versions.count() > 1:
         return

@@ -17,6 +17,9 @@ from governance.models import ApprovalRule, Environment, Tier
 from orchestrator import actions
 from orchestrator.models import Pipeline, Team
 
+from .history import seed_history
+from .policies import seed_policies
+
 HERE = Path(__file__).resolve().parent
 
 USERS = [
@@ -150,8 +153,6 @@ def seed(*, history: bool = True, days: int = 60, out=None) -> str:
     )
     runs = 0
     if history:
-        from .history import seed_history
-
         runs = seed_history(people["users"], pipelines, days=days, out=out)
     return (
         f"{len(people['users'])} users, {len(pipelines)} pipelines, {policies} policies, "
@@ -160,8 +161,4 @@ def seed(*, history: bool = True, days: int = 60, out=None) -> str:
 
 
 def _seed_policies(author, *, now) -> int:
-    try:
-        from .policies import seed_policies
-    except ImportError:
-        return 0
     return seed_policies(author, now=now)

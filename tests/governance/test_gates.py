@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 
 from governance import actions, audit, gates, rego
-from orchestrator import events
 from governance.models import AuditEvent, Environment, Gate, GateStatus, PolicyDecision, Tier
 from orchestrator import actions as run_actions
+from orchestrator import events
 from orchestrator.models import RunStatus, StageStatus
 
 from .conftest import BRANCH_WARNING, BROKEN, FREEZE, NEEDS_TICKET, TWO_SRE

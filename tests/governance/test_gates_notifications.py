@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from django.core import mail
 
-from governance import actions, gates
+from governance import actions
 from governance.models import AuditEvent, GateStatus, Outcome
 from governance.tasks import notify_gate_webhook
 

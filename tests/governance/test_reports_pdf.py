@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings
 from pypdf import PdfReader
 
-from governance import audit, pdf, reports
+from governance import audit, pdf
 from governance.models import AuditEvent, ReportJob
 from governance.tasks import generate_report_pdf
 

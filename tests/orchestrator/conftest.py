@@ -19,7 +19,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from governance.models import Environment
-from orchestrator import actions, events, executors, tasks
+from orchestrator import actions, events, executors
 from orchestrator.models import Run, StepRun, Team
 
 

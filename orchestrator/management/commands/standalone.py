@@ -20,6 +20,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from orchestrator import events, executors
+from orchestrator.celery import app
+
 logger = logging.getLogger("clearway.standalone")
 
 
@@ -48,9 +51,7 @@ class Command(BaseCommand):
                 pass  # uvicorn re-raises the Ctrl-C it handled; shutting down is the answer
         finally:
             self.stdout.write("Stopping worker and beat…")
-            from orchestrator.executors import kill_running_steps
-
-            kill_running_steps()
+            executors.kill_running_steps()
             if beat is not None:
                 beat.stop()
             worker.stop(in_sighandler=False, exitcode=0)
@@ -70,8 +71,6 @@ class Command(BaseCommand):
 
     def _start_worker(self, concurrency: int):
         from celery.worker import WorkController
-
-        from orchestrator.celery import app
 
         app.finalize()
         app.set_current()
@@ -104,16 +103,12 @@ class Command(BaseCommand):
     def _start_beat(self):
         from celery.beat import EmbeddedService
 
-        from orchestrator.celery import app
-
         beat = EmbeddedService(app, thread=True, scheduler_cls=settings.CELERY_BEAT_SCHEDULER)
         beat.start()
         return beat
 
     async def _serve(self, host: str, port: int) -> None:
         import uvicorn
-
-        from orchestrator import events
 
         events.bind_loop(asyncio.get_running_loop())
         config = uvicorn.Config(
