@@ -344,41 +344,27 @@ def _transitions(run) -> list:
     announce it."""
     from django.utils import timezone
 
-    from orchestrator import events
+    from orchestrator import lifecycle
     from orchestrator.models import RunStatus, StageStatus, StepRun, StepStatus
 
     def run_to(status):
         def apply(locked):
-            locked.set_status(status)
-            events.publish_run(locked)
+            lifecycle.run(locked, status, now=timezone.now(), action=None)
 
         return apply
 
     def stage_to(stage, status):
         def apply(locked):
             stage.refresh_from_db()
-            stage.set_status(status)
-            events.publish_stage(stage, locked)
+            lifecycle.stage(stage, status, run=locked, now=timezone.now())
 
         return apply
 
     def step_to(step, status):
         def apply(locked):
             step.refresh_from_db()
-            now = timezone.now()
-            step.status = status
-            fields = ["status"]
-            if status == StepStatus.QUEUED:
-                step.queued_at, fields = now, [*fields, "queued_at"]
-            elif status == StepStatus.RUNNING:
-                step.attempt, step.started_at, step.heartbeat_at = 1, now, now
-                step.worker = "bench@localhost"
-                fields += ["attempt", "started_at", "heartbeat_at", "worker"]
-            else:
-                step.exit_code, step.finished_at = 0, now
-                fields += ["exit_code", "finished_at"]
-            step.save(update_fields=fields)
-            events.publish_step(step, locked)
+            step.worker, step.exit_code = "bench@localhost", 0
+            lifecycle.step(step, status, run=locked, now=timezone.now(), fields=["worker"])
 
         return apply
 
@@ -429,7 +415,7 @@ def burst_main(opts) -> None:
     from django.db import transaction
     from django.utils import timezone
 
-    from orchestrator import events
+    from orchestrator import events, lifecycle
     from orchestrator.executors import LogWriter
     from orchestrator.models import Run, RunStatus, StageStatus, StepRun, StepStatus
 
@@ -441,13 +427,12 @@ def burst_main(opts) -> None:
     _instrument.t_start = time.time()
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=run.pk)
-        locked.set_status(RunStatus.RUNNING)
-        events.publish_run(locked)
-        stage.set_status(StageStatus.RUNNING)
-        events.publish_stage(stage, locked)
-        step.status, step.attempt, step.started_at = StepStatus.RUNNING, 1, timezone.now()
-        step.save(update_fields=["status", "attempt", "started_at"])
-        events.publish_step(step, locked)
+        now = timezone.now()
+        lifecycle.run(locked, RunStatus.RUNNING, now=now, action=None)
+        for status in (StageStatus.QUEUED, StageStatus.RUNNING):
+            lifecycle.stage(stage, status, run=locked, now=now)
+        for status in (StepStatus.QUEUED, StepStatus.RUNNING):
+            lifecycle.step(step, status, run=locked, now=now)
 
     writer = LogWriter(step, run.pk)
     t0 = time.time()
@@ -462,13 +447,10 @@ def burst_main(opts) -> None:
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=run.pk)
         step.refresh_from_db()
-        step.status, step.exit_code, step.finished_at = StepStatus.SUCCEEDED, 0, timezone.now()
-        step.save(update_fields=["status", "exit_code", "finished_at"])
-        events.publish_step(step, locked)
-        stage.set_status(StageStatus.SUCCEEDED)
-        events.publish_stage(stage, locked)
-        locked.set_status(RunStatus.SUCCEEDED)
-        events.publish_run(locked)
+        step.exit_code, now = 0, timezone.now()
+        lifecycle.step(step, StepStatus.SUCCEEDED, run=locked, now=now, fields=["exit_code"])
+        lifecycle.stage(stage, StageStatus.SUCCEEDED, run=locked, now=now)
+        lifecycle.run(locked, RunStatus.SUCCEEDED, now=now)
     events.sender.flush(timeout=30)
     time.sleep(0.2)
     log_events = sum(1 for t in times.values() if t["type"] == "log")

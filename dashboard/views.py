@@ -668,10 +668,10 @@ def _decorate_gate(gate: Gate, user, rules: list[dict]) -> None:
     gate.my_decision = next((a for a in live if a.user_id == user.pk), None)
     gate.denials = [d for d in gate.current_decisions if d.result in BLOCKING_RESULTS]
     gate.soft_denials = [d for d in gate.denials if d.enforcement == Enforcement.SOFT_MANDATORY]
-    gate.open_soft_denials = gate.open_soft_denials(gate.current_decisions, gate.all_overrides)
+    gate.denials_to_pass = gate.open_soft_denials(gate.current_decisions, gate.all_overrides)
     waiting = gate.status == GateStatus.WAITING
     gate.can_decide = waiting and gate.may_approve and gate.my_decision is None
-    gate.can_override = waiting and gate.may_override and bool(gate.open_soft_denials)
+    gate.can_override = waiting and gate.may_override and bool(gate.denials_to_pass)
 
 
 @login_required

@@ -257,6 +257,9 @@ def override_gate(
                     f"missing",
                     rule="permission",
                 )
+            sod = gates.sod_violation(run, actor, environment=gate.environment, verb="override")
+            if sod:  # break-glass is not a way around the four eyes
+                raise GateRefused(sod, rule="separation-of-duties")
             problem = gates.state_problem(gate, run)
             if problem:
                 raise problem

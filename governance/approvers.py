@@ -10,7 +10,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from guardian.shortcuts import get_users_with_perms
 
-from orchestrator.models import Run
+from orchestrator.models import PipelineVersion, Run, StageRun, StageStatus
 
 from .errors import GateConflict, GateError, GateRefused
 from .models import Approval, ApprovalDecision, Environment, Gate, GateStatus
@@ -100,29 +100,76 @@ def approval_progress(environment: Environment, approvals: Sequence[Approval]) -
     return Progress(rules, {a.pk: matched.get(a.pk) or "" for a in approving})
 
 
-def sod_violation(run: Run, user) -> str | None:
-    """Why separation of duties forbids `user` to approve `run`, or None.
+def _last_deployed_version(run: Run, environment: Environment) -> int:
+    """The pipeline version number that last reached `environment` before this run (0: none)."""
+    number = (
+        StageRun.objects.filter(
+            run__pipeline_id=run.pipeline_id,
+            environment=environment,
+            status=StageStatus.SUCCEEDED,
+            run__created_at__lt=run.created_at,
+        )
+        .order_by("-finished_at")
+        .values_list("run__version__number", flat=True)
+        .first()
+    )
+    return number or 0
 
-    The run's trigger, the author of the change (run parameter `author`, compared with the
-    username and the email address, ignoring case) and the author of the pipeline version the
-    run uses (its last editor) may not approve it."""
+
+def sod_violation(
+    run: Run, user, *, environment: Environment | None = None, verb: str = "approve"
+) -> str | None:
+    """Why separation of duties forbids `user` to `verb` (approve, override) `run`, or None.
+
+    Excluded: whoever triggered the run or any run it retries (a retry started by someone
+    else does not launder the change), the author of the change (run parameter `author`,
+    compared with the username and the email address, ignoring case) and everyone who
+    edited the pipeline version being deployed since the previous deployment to
+    `environment` (without one: the author of the run's version)."""
     name = user.get_username()
-    if run.triggered_by_id is not None and run.triggered_by_id == user.pk:
-        return f"separation of duties: {name} triggered this run and may not approve it"
+    tail = f"and may not {verb} it"
+    current, hops = run, 0
+    while current is not None and hops < 50:
+        if current.triggered_by_id is not None and current.triggered_by_id == user.pk:
+            if current is run:
+                return f"separation of duties: {name} triggered this run {tail}"
+            return (
+                f"separation of duties: {name} triggered run #{current.number}, which this "
+                f"run retries, {tail}"
+            )
+        current, hops = current.retry_of, hops + 1
     author = (run.parameters or {}).get("author")
     if isinstance(author, str) and author.strip():
         wanted = author.strip().lower()
         if wanted in {name.lower(), (getattr(user, "email", "") or "").lower()}:
             return (
                 f"separation of duties: {name} is the author of the change "
-                f"(run parameter author) and may not approve it"
+                f"(run parameter author) {tail}"
             )
     version = run.version
     if version.author_id is not None and version.author_id == user.pk:
         return (
             f"separation of duties: {name} last edited the pipeline (version "
-            f"{version.number}) and may not approve it"
+            f"{version.number}) {tail}"
         )
+    if environment is not None:
+        since = _last_deployed_version(run, environment)
+        edited = (
+            PipelineVersion.objects.filter(
+                pipeline_id=run.pipeline_id,
+                number__gt=since,
+                number__lte=version.number,
+                author_id=user.pk,
+            )
+            .order_by("-number")
+            .values_list("number", flat=True)
+            .first()
+        )
+        if edited is not None:
+            return (
+                f"separation of duties: {name} edited the pipeline (version {edited}) since "
+                f"its last deployment to {environment.name} {tail}"
+            )
     return None
 
 
@@ -179,7 +226,7 @@ def approve_problem(gate: Gate, run: Run, user) -> GateError | None:
     problem = eligibility_problem(gate, user)
     if problem:
         return problem
-    sod = sod_violation(run, user)
+    sod = sod_violation(run, user, environment=gate.environment)
     if sod:
         return GateRefused(sod, rule="separation-of-duties")
     problem = state_problem(gate, run)
@@ -205,7 +252,12 @@ def eligible_approvers(gate: Gate, run: Run | None = None) -> list:
     candidates = (
         User.objects.filter(is_active=True, groups__name__in=groups).distinct().order_by("username")
     )
-    return [u for u in candidates if sod_violation(run, u) is None and can(u, "approve", gate)]
+    return [
+        u
+        for u in candidates
+        if sod_violation(run, u, environment=gate.environment) is None
+        and can(u, "approve", gate)
+    ]
 
 
 def overriders(gate: Gate) -> list:
