@@ -255,8 +255,7 @@ def eligible_approvers(gate: Gate, run: Run | None = None) -> list:
     return [
         u
         for u in candidates
-        if sod_violation(run, u, environment=gate.environment) is None
-        and can(u, "approve", gate)
+        if sod_violation(run, u, environment=gate.environment) is None and can(u, "approve", gate)
     ]
 
 
