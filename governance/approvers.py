@@ -12,6 +12,7 @@ from guardian.shortcuts import get_users_with_perms
 
 from orchestrator.models import PipelineVersion, Run, StageRun, StageStatus
 
+from . import identity
 from .errors import GateConflict, GateError, GateRefused
 from .models import Approval, ApprovalDecision, Environment, Gate, GateStatus
 from .permissions import can
@@ -123,7 +124,9 @@ def sod_violation(
 
     Excluded: whoever triggered the run or any run it retries (a retry started by someone
     else does not launder the change), the author of the change (run parameter `author`,
-    compared with the username and the email address, ignoring case) and everyone who
+    compared with the username, e-mail address and full name after normalization —
+    governance.identity: `Name <email>`, case, full-width forms, zero-width characters —
+    and everyone who
     edited the pipeline version being deployed since the previous deployment to
     `environment` (without one: the author of the run's version)."""
     name = user.get_username()
@@ -140,8 +143,7 @@ def sod_violation(
         current, hops = current.retry_of, hops + 1
     author = (run.parameters or {}).get("author")
     if isinstance(author, str) and author.strip():
-        wanted = author.strip().lower()
-        if wanted in {name.lower(), (getattr(user, "email", "") or "").lower()}:
+        if identity.names_person(author, user):
             return (
                 f"separation of duties: {name} is the author of the change "
                 f"(run parameter author) {tail}"

@@ -17,6 +17,8 @@ from django.utils import timezone
 from orchestrator.kernel.restrict import RestrictedManager, RestrictedQuerySet
 from orchestrator.kernel.states import StateMachine
 
+from . import identity
+
 
 class Tier(models.TextChoices):
     DEVELOPMENT = "development"
@@ -225,16 +227,13 @@ class GateQuerySet(RestrictedQuerySet):
         qs = qs.exclude(stage_run__run__triggered_by=user).exclude(
             stage_run__run__version__author=user
         )
-        names = {user.get_username().lower()}
-        if getattr(user, "email", ""):
-            names.add(user.email.lower())
         decided = Approval.objects.filter(user=user, void=False).values("gate_id")
         qs = qs.exclude(pk__in=decided)
         # The author parameter is free text: compare in Python on the (small) waiting set.
         ids = [
             pk
             for pk, author in qs.values_list("pk", "stage_run__run__parameters__author").distinct()
-            if not (isinstance(author, str) and author.strip().lower() in names)
+            if not (isinstance(author, str) and identity.names_person(author, user))
         ]
         return self.filter(pk__in=ids)
 
