@@ -34,6 +34,7 @@ from .models import (
     Enforcement,
     Environment,
     Gate,
+    GateEscalation,
     GateStatus,
     Outcome,
     Override,
@@ -340,6 +341,23 @@ def recheck(gate_id: int, *, now: datetime | None = None) -> str | None:
         )
         if gate.status != GateStatus.WAITING:
             return gate.status
+        env = gate.environment
+        if env.max_wait_days and gate.created_at + timedelta(days=env.max_wait_days) <= now:
+            lifecycle.gate(
+                gate,
+                GateStatus.REJECTED,
+                reason=(
+                    f"rejected by the system: no decision within {env.max_wait_days} days "
+                    f"(the maximum wait of {env.name})"
+                ),
+                run=run,
+                now=now,
+                timed_out=True,
+            )
+            notifications.schedule(gate, "timed_out")
+            run_actions.advance(run, now=now)
+            return gate.status
+        _escalate(gate, run, now)
         stage = gate.stage_run
         if run.is_terminal or stage.is_terminal:
             what = (
@@ -353,6 +371,42 @@ def recheck(gate_id: int, *, now: datetime | None = None) -> str | None:
         run_actions.advance(run, now=now)
         gate.refresh_from_db(fields=["status"])
         return gate.status
+
+
+def _escalate(gate: Gate, run: Run, now: datetime) -> None:
+    """Rules of `gate` (locked) still short of approvals past their SLA: their backup group
+    becomes eligible (a GateEscalation), audited and told."""
+    rules = [
+        r
+        for r in gate.environment.approval_rules.select_related("group", "backup_group")
+        if r.sla_minutes
+        and r.backup_group_id
+        and gate.created_at + timedelta(minutes=r.sla_minutes) <= now
+    ]
+    if not rules:
+        return
+    done = set(gate.escalations.values_list("group_id", flat=True))
+    live = list(gate.approvals.filter(void=False).select_related("user"))
+    progress = gates.approval_progress(gate.environment, live, gates.escalated_groups(gate))
+    short = {r.group for r in progress.rules if r.given < r.required}
+    for rule in rules:
+        if rule.group_id in done or rule.group.name not in short:
+            continue
+        GateEscalation.objects.create(
+            gate=gate, group=rule.group, backup_group=rule.backup_group, at=now
+        )
+        audit.record(
+            None,
+            "gate.escalate",
+            gate,
+            at=now,
+            group=rule.group.name,
+            backup_group=rule.backup_group.name,
+            sla_minutes=rule.sla_minutes,
+            **lifecycle.gate_details(gate, run),
+        )
+        notifications.schedule(gate, "escalated")
+        events.publish_gate(gate, run)
 
 
 def housekeeping(now: datetime | None = None) -> dict:
@@ -415,22 +469,60 @@ def _recheck_waiting_gates() -> None:
     transaction.on_commit(send)
 
 
+RULE_FIELDS = ("required_count", "sla_minutes", "backup_group")
+
+
+def _rule_terms(value, rule: ApprovalRule | None) -> dict:
+    """A rule as wanted: {"required_count", "sla_minutes", "backup_group"}, or a count alone
+    (the environment page's rules: the rule's SLA and backup stay as they are)."""
+    if isinstance(value, int):
+        terms = {"required_count": value}
+        if rule is not None:
+            terms.update(sla_minutes=rule.sla_minutes, backup_group=rule.backup_group)
+    else:
+        terms = dict(value)
+    return {
+        "required_count": int(terms.get("required_count") or 1),
+        "sla_minutes": int(terms.get("sla_minutes") or 0),
+        "backup_group": terms.get("backup_group"),
+    }
+
+
+def _rule_text(terms: dict):
+    """How a rule reads in the audit log: its count, plus SLA and backup when set."""
+    if not terms["sla_minutes"] and terms["backup_group"] is None:
+        return terms["required_count"]
+    backup = terms["backup_group"]
+    return {
+        "count": terms["required_count"],
+        "sla_minutes": terms["sla_minutes"],
+        "backup": backup.name if backup is not None else None,
+    }
+
+
 def _save_rules(env: Environment, wanted: dict) -> dict | None:
-    """Make the environment's approval rules `wanted` ({group: count}); the change, if any."""
-    current = {r.group: r for r in env.approval_rules.select_related("group")}
-    before = {g.name: r.required_count for g, r in current.items()}
-    after = {g.name: n for g, n in wanted.items()}
+    """Make the environment's approval rules `wanted` ({group: count or terms}); the change,
+    if any."""
+    current = {r.group: r for r in env.approval_rules.select_related("group", "backup_group")}
+    wanted = {group: _rule_terms(value, current.get(group)) for group, value in wanted.items()}
+    before = {
+        g.name: _rule_text({f: getattr(r, f) for f in RULE_FIELDS}) for g, r in current.items()
+    }
+    after = {g.name: _rule_text(t) for g, t in wanted.items()}
     if before == after:
         return None
     for group, rule in current.items():
         if group not in wanted:
             rule.delete()
-        elif rule.required_count != wanted[group]:
-            rule.required_count = wanted[group]
-            rule.save(update_fields=["required_count"])
-    for group, count in wanted.items():
+            continue
+        changed = [f for f in RULE_FIELDS if getattr(rule, f) != wanted[group][f]]
+        for field in changed:
+            setattr(rule, field, wanted[group][field])
+        if changed:
+            rule.save(update_fields=changed)
+    for group, terms in wanted.items():
         if group not in current:
-            ApprovalRule.objects.create(environment=env, group=group, required_count=count)
+            ApprovalRule.objects.create(environment=env, group=group, **terms)
     return {"from": dict(sorted(before.items())), "to": dict(sorted(after.items()))}
 
 

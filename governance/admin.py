@@ -309,7 +309,7 @@ class EnvironmentAdmin(admin.ModelAdmin):
             data = getattr(inline, "cleaned_data", None) or {}
             if not data or data.get("DELETE") or data.get("group") is None:
                 continue
-            wanted[data["group"]] = data.get("required_count") or 1
+            wanted[data["group"]] = {f: data.get(f) for f in actions.RULE_FIELDS}
         actions.update_environment(form.instance, actor=request.user, rules=wanted)
 
 

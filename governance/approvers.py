@@ -82,15 +82,33 @@ class Progress:
         return [{"group": r.group, "count": r.required, "given": r.given} for r in self.rules]
 
 
-def approval_progress(environment: Environment, approvals: Sequence[Approval]) -> Progress:
-    """Attribute the live "approve" decisions (earliest first) to the environment's rules."""
+def escalated_groups(gate: Gate) -> dict[str, str]:
+    """Rule group -> backup group, for the rules of `gate` whose SLA passed."""
+    return dict(gate.escalations.values_list("group__name", "backup_group__name"))
+
+
+def effective_groups(groups: Iterable[str], escalated: dict[str, str]) -> list[str]:
+    """An approver's groups for rule matching: their own, plus every rule group escalated to
+    a backup group they are in."""
+    own = set(groups)
+    return sorted(own | {rule for rule, backup in escalated.items() if backup in own})
+
+
+def approval_progress(
+    environment: Environment,
+    approvals: Sequence[Approval],
+    escalated: dict[str, str] | None = None,
+) -> Progress:
+    """Attribute the live "approve" decisions (earliest first) to the environment's rules
+    (an escalated rule also takes its backup group's members)."""
     rules = [
         RuleProgress(rule.group.name, rule.required_count)
         for rule in environment.approval_rules.select_related("group").order_by("group__name")
     ]
     approving = [a for a in approvals if a.decision == ApprovalDecision.APPROVE and not a.void]
     matched = match_approvals(
-        [(r.group, r.required) for r in rules], [(a.pk, a.groups) for a in approving]
+        [(r.group, r.required) for r in rules],
+        [(a.pk, effective_groups(a.groups, escalated or {})) for a in approving],
     )
     by_group = {r.group: r for r in rules}
     for approval in approving:
@@ -196,6 +214,7 @@ def eligibility_problem(gate: Gate, user) -> GateRefused | None:
         return GateRefused(
             f"{env.name} has no approval rules, so nobody approves its gates", rule="eligibility"
         )
+    groups += sorted(set(escalated_groups(gate).values()) - set(groups))
     if not user.groups.filter(name__in=groups).exists():
         return GateRefused(
             f"{name} is not in an approval group of {env.name} ({', '.join(groups)})",
@@ -250,6 +269,7 @@ def eligible_approvers(gate: Gate, run: Run | None = None) -> list:
     groups = rule_groups(gate.environment)
     if not groups:
         return []
+    groups += sorted(set(escalated_groups(gate).values()) - set(groups))
     User = get_user_model()
     candidates = (
         User.objects.filter(is_active=True, groups__name__in=groups).distinct().order_by("username")

@@ -19,7 +19,7 @@ from django.contrib.auth.models import Group
 from django.utils.dateparse import parse_date, parse_datetime
 
 from . import actions, policies
-from .models import Enforcement, Environment, Outcome, Tier
+from .models import Enforcement, Environment, FreezeMode, Outcome, Tier
 
 DRY_RUN_DAYS = [(7, "7 days"), (30, "30 days"), (90, "90 days")]
 WEEKDAYS = [
@@ -176,7 +176,26 @@ def _local_input(value) -> str:
 
 class EnvironmentForm(forms.ModelForm):
     """The environment's own settings. The name is fixed: gates, runs and reports refer to
-    it."""
+    it. Settings a post leaves out keep their stored value."""
+
+    max_wait_days = forms.IntegerField(
+        label="Reject a waiting gate after (days)",
+        min_value=0,
+        required=False,
+        help_text="0: gates wait for ever.",
+    )
+    freeze_mode = forms.ChoiceField(
+        label="During a freeze",
+        choices=FreezeMode.choices,
+        required=False,
+    )
+
+    def clean_max_wait_days(self):
+        value = self.cleaned_data.get("max_wait_days")
+        return self.instance.max_wait_days if value is None else value
+
+    def clean_freeze_mode(self):
+        return self.cleaned_data.get("freeze_mode") or self.instance.freeze_mode
 
     timezone = forms.CharField(
         max_length=64,

@@ -57,7 +57,10 @@ def build_input(stage_run: StageRun, now: datetime, *, approvals: Iterable[Appro
         {"days": list(w.get("days") or []), "start": w["start"], "end": w["end"]}
         for w in env.change_windows or []
     ]
-    flags = rego.environment_flags(now, env.timezone, freeze, change)
+    flags = {
+        "in_freeze": env.freeze_at(now) is not None,
+        "in_change_window": env.in_change_window(now),
+    }
     previous = (
         StageRun.objects.filter(run_id=run.pk, position__lt=stage_run.position)
         .select_related("environment")

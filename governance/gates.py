@@ -48,6 +48,7 @@ from .approvers import (
     approve_problem,
     eligibility_problem,
     eligible_approvers,
+    escalated_groups,
     match_approvals,
     overriders,
     rule_groups,
@@ -70,6 +71,7 @@ from .models import (
     Approval,
     ApprovalDecision,
     Enforcement,
+    FreezeMode,
     Gate,
     GateStatus,
     PolicyDecision,
@@ -93,6 +95,7 @@ __all__ = [  # the gate's vocabulary, in one import for verbs, pages and the API
     "current_seen_hash",
     "eligibility_problem",
     "eligible_approvers",
+    "escalated_groups",
     "match_approvals",
     "overriders",
     "policy_versions",
@@ -256,7 +259,7 @@ def assess(gate: Gate, run: Run, now: datetime) -> Assessment:
     gate.input, gate.input_hash, gate.seen_hash = doc, ihash, seen
     gate.save(update_fields=["input", "input_hash", "seen_hash"])
 
-    progress = approval_progress(env, kept)
+    progress = approval_progress(env, kept, escalated_groups(gate))
     for approval in kept:
         group = progress.attributed.get(approval.pk, "")
         if approval.attributed_group != group:
@@ -329,6 +332,29 @@ def check(stage_run: StageRun, *, now: datetime | None = None, actor=None) -> tu
     ):
         return _verdict(gate)
     try:
+        try:
+            freeze = gate.environment.freeze_at(now)
+        except (ValueError, KeyError, TypeError) as exc:
+            name = gate.environment.name
+            raise GateInputError(f"environment {name} is misconfigured ({exc!r})") from exc
+        if freeze is not None and gate.environment.freeze_mode == FreezeMode.PAUSE:
+            # Paused, not refused: housekeeping re-checks it, and after the freeze the
+            # policies and approvals decide as usual.
+            reason = (
+                f"frozen until {freeze['end']}"
+                + (f" ({freeze['reason']})" if freeze.get("reason") else "")
+                + ": the gate waits and resumes when the freeze ends"
+            )
+            lifecycle.gate(
+                gate,
+                GateStatus.WAITING,
+                reason=reason,
+                run=run,
+                now=now,
+                actor=actor,
+                created=created,
+            )
+            return _verdict(gate)
         result = assess(gate, run, now)
     except GateInputError as exc:
         # Malformed environment data (freeze or change windows): fail closed, but stay

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
 _SPACES = re.compile(r"\s+")
 _NAME_ADDR = re.compile(r"^(?P<name>[^<>]*)<(?P<address>[^<>]*)>$")  # git's `Name <email>`
 

@@ -4,9 +4,11 @@ log and report jobs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -18,6 +20,29 @@ from orchestrator.kernel.restrict import RestrictedManager, RestrictedQuerySet
 from orchestrator.kernel.states import StateMachine
 
 from . import identity
+
+
+def _aware(value) -> dt.datetime:
+    """An ISO string (``Z`` or any offset) or a datetime, as an aware datetime (naive = UTC).
+    Raises ValueError/TypeError for anything else (a malformed window)."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" else text)
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"not a date-time: {value!r}")
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _hhmm(text: str) -> dt.time:
+    hours, minutes = text.split(":")
+    if hours == "24" and minutes == "00":
+        return dt.time.max
+    return dt.time(int(hours), int(minutes))
+
+
+class FreezeMode(models.TextChoices):
+    PAUSE = "pause", "pause waiting gates until the freeze ends"
+    BLOCK = "block", "let the policies decide (a freeze policy blocks)"
 
 
 class Tier(models.TextChoices):
@@ -43,6 +68,11 @@ class Environment(models.Model):
     approval_ttl_hours = models.PositiveIntegerField(default=24)
     reminder_minutes = models.PositiveIntegerField(default=60)
     notify_webhook_url = models.URLField(blank=True)
+    # A gate waiting longer than this is rejected by the system (0: never).
+    max_wait_days = models.PositiveIntegerField(default=30)
+    freeze_mode = models.CharField(
+        max_length=10, choices=FreezeMode.choices, default=FreezeMode.PAUSE
+    )
 
     objects = RestrictedManager()
 
@@ -61,6 +91,8 @@ class Environment(models.Model):
         "approval_ttl_hours",
         "reminder_minutes",
         "notify_webhook_url",
+        "max_wait_days",
+        "freeze_mode",
     )
 
     def __str__(self) -> str:
@@ -69,6 +101,39 @@ class Environment(models.Model):
     @property
     def approval_ttl(self) -> timedelta:
         return timedelta(hours=self.approval_ttl_hours)
+
+    def freeze_at(self, now: dt.datetime) -> dict | None:
+        """The freeze window ``start <= now < end`` (None: not frozen). Raises ValueError,
+        KeyError or TypeError for a malformed window."""
+        now = now if now.tzinfo else now.replace(tzinfo=dt.UTC)
+        for window in self.freeze_windows or []:
+            if _aware(window["start"]) <= now < _aware(window["end"]):
+                return window
+        return None
+
+    def in_change_window(self, now: dt.datetime) -> bool:
+        """Does `now`, in the environment's time zone, fall on one of a change window's
+        ``days`` (Monday=0) with ``start <= time < end`` (``"HH:MM"``)? A window whose end is
+        not after its start runs past midnight into the next day. No change windows at all
+        means no restriction (True)."""
+        if not self.change_windows:
+            return True
+        now = now if now.tzinfo else now.replace(tzinfo=dt.UTC)
+        local = now.astimezone(ZoneInfo(self.timezone or "UTC"))
+        moment = local.time().replace(tzinfo=None)
+        for window in self.change_windows:
+            start, end = _hhmm(window["start"]), _hhmm(window["end"])
+            days = set(range(7) if window.get("days") is None else window["days"])
+            if start < end:
+                hit = local.weekday() in days and start <= moment < end
+            else:  # overnight: from start on a listed day until end on the next day
+                yesterday = (local.weekday() - 1) % 7
+                hit = (local.weekday() in days and moment >= start) or (
+                    yesterday in days and moment < end
+                )
+            if hit:
+                return True
+        return False
 
     def fingerprint(self) -> str:
         """A hash of everything the environment editor shows. The editor posts the whole
@@ -94,6 +159,12 @@ class ApprovalRule(models.Model):
     )
     group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="+")
     required_count = models.PositiveIntegerField(default=1)
+    # Escalation: when the rule is still short of approvals `sla_minutes` after the gate
+    # started waiting, members of `backup_group` become eligible for it too (0: no SLA).
+    sla_minutes = models.PositiveIntegerField(default=0)
+    backup_group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
 
     class Meta:
         ordering = ["environment", "group__name"]
@@ -215,20 +286,28 @@ class GateQuerySet(RestrictedQuerySet):
     """The read rules of gates, each written once (pages, API, badge and notifications)."""
 
     def waiting_for(self, user) -> models.QuerySet:
-        """Waiting gates of environments `user` may approve, in pipelines they may view:
-        the approvals inbox and its badge."""
-        return self.restrict(user, "approve").filter(status=GateStatus.WAITING)
+        """Waiting gates `user` can still act on — the approvals inbox and its badge: of
+        environments they may approve, in pipelines they may view, with a rule of one of
+        their groups (or escalated to one of them), not triggered or last edited by them,
+        and not decided by them yet. Subqueries, not joins: one row per gate."""
+        groups = user.groups.all()
+        ruled = ApprovalRule.objects.filter(group__in=groups).values("environment_id")
+        escalated = GateEscalation.objects.filter(backup_group__in=groups).values("gate_id")
+        decided = Approval.objects.filter(user=user, void=False).values("gate_id")
+        return (
+            self.restrict(user, "approve")
+            .filter(status=GateStatus.WAITING)
+            .filter(models.Q(environment_id__in=ruled) | models.Q(pk__in=escalated))
+            .exclude(stage_run__run__triggered_by=user)
+            .exclude(stage_run__run__version__author=user)
+            .exclude(pk__in=decided)
+        )
 
     def decidable_by(self, user) -> models.QuerySet:
-        """Waiting gates `user` could decide now: permitted, in a rule group, not excluded
-        by separation of duties (trigger, last editor, the `author` parameter) and not
-        decided by them yet."""
-        qs = self.waiting_for(user).filter(environment__approval_rules__group__in=user.groups.all())
-        qs = qs.exclude(stage_run__run__triggered_by=user).exclude(
-            stage_run__run__version__author=user
-        )
-        decided = Approval.objects.filter(user=user, void=False).values("gate_id")
-        qs = qs.exclude(pk__in=decided)
+        """waiting_for(user), less the gates whose `author` parameter names `user`
+        (separation of duties; the rules that need more than a query — earlier editors, the
+        triggerers of a retried run — are applied when they approve)."""
+        qs = self.waiting_for(user)
         # The author parameter is free text: compare in Python on the (small) waiting set.
         ids = [
             pk
@@ -291,6 +370,25 @@ class Gate(models.Model):
             and d.result in BLOCKING_RESULTS
             and (d.policy_version.policy.name, d.policy_version.number) not in covered
         ]
+
+
+class GateEscalation(models.Model):
+    """An approval rule of a gate whose SLA passed without enough approvals: members of the
+    rule's backup group became eligible for it (and were notified)."""
+
+    gate = models.ForeignKey(Gate, on_delete=models.CASCADE, related_name="escalations")
+    group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="+")
+    backup_group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="+")
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["gate", "at"]
+        constraints = [
+            models.UniqueConstraint(fields=["gate", "group"], name="one_escalation_per_rule")
+        ]
+
+    def __str__(self) -> str:
+        return f"gate {self.gate_id}: {self.group_id} → {self.backup_group_id}"
 
 
 class PolicyDecision(models.Model):

@@ -27,7 +27,16 @@ logger = logging.getLogger(__name__)
 
 WEBHOOK_TIMEOUT = 5.0
 
-KINDS = ("waiting", "reminder", "open", "overridden", "rejected", "blocked")
+KINDS = (
+    "waiting",
+    "reminder",
+    "escalated",
+    "open",
+    "overridden",
+    "rejected",
+    "timed_out",
+    "blocked",
+)
 
 
 class WebhookError(Exception):
@@ -79,7 +88,9 @@ def message(gate: Gate, kind: str) -> tuple[str, str]:
         "reminder": f"Reminder: {what} is still waiting for approval",
         "open": f"{what} was approved; the gate is open",
         "overridden": f"{what} passed its gate with an OVERRIDE (break-glass)",
+        "escalated": f"Escalated to you: {what} waits for approval past its SLA",
         "rejected": f"{what} was rejected",
+        "timed_out": f"{what} waited too long and was rejected by the system",
         "blocked": f"{what} was blocked by policy",
     }[kind]
     lines = [
@@ -109,9 +120,9 @@ def recipients(gate: Gate, kind: str) -> list[str]:
     held_by_soft_denial = gate.decisions.filter(
         current=True, enforcement=Enforcement.SOFT_MANDATORY, result__in=("deny", "error")
     ).exists()
-    if kind in ("waiting", "reminder") and held_by_soft_denial:
+    if kind in ("waiting", "reminder", "escalated") and held_by_soft_denial:
         users += overriders(gate)
-    if kind not in ("waiting", "reminder") and run.triggered_by is not None:
+    if kind not in ("waiting", "reminder", "escalated") and run.triggered_by is not None:
         users.append(run.triggered_by)
     seen: set[str] = set()
     result = []

@@ -351,7 +351,10 @@ def policy_versions(request, pk: int):
 
 def _window_flags(env: Environment, now) -> dict | None:
     try:
-        return rego.environment_flags(now, env.timezone, env.freeze_windows, env.change_windows)
+        return {
+            "in_freeze": env.freeze_at(now) is not None,
+            "in_change_window": env.in_change_window(now),
+        }
     except (KeyError, TypeError, ValueError, LookupError):  # malformed windows
         return None
 

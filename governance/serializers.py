@@ -167,7 +167,7 @@ def gate_detail(gate: Gate, user) -> dict:
     approvals = list(gate.approvals.select_related("user").order_by("created_at", "pk"))
     overrides = list(gate.overrides.select_related("user").order_by("created_at", "pk"))
     live = [a for a in approvals if not a.void]
-    progress = gates.approval_progress(env, live)
+    progress = gates.approval_progress(env, live, gates.escalated_groups(gate))
     covered = gate.overridden_policies(overrides)
     decision_rows = [
         {

@@ -76,3 +76,12 @@ def approvers(approver, second_approver, security_approver):
     """The three people whose approvals open the production gate (sam, sara: sre; sofia:
     security)."""
     return [approver, second_approver, security_approver]
+
+
+@pytest.fixture
+def freezes_block(production):
+    """Production lets its policies decide during a freeze (freeze_mode "block") instead of
+    pausing its gates: the freeze policy blocks."""
+    production.freeze_mode = "block"
+    production.save(update_fields=["freeze_mode"])
+    return production

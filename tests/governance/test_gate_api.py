@@ -192,7 +192,15 @@ def test_refusals_are_json_with_the_rule_that_refused(
     assert again.json()["message"] == f"sara already approved gate {gate.pk}"
     no_comment = api(second_approver).post(url(gate, "reject"), {}, format="json")
     assert no_comment.status_code == 400
-    nothing = api(approver).post(url(gate, "override"), {"justification": WHY}, format="json")
+    own = api(approver).post(url(gate, "override"), {"justification": WHY}, format="json")
+    assert own.status_code == 403  # break-glass is not a way around separation of duties
+    assert own.json() == {
+        "message": "separation of duties: sam triggered this run and may not override it",
+        "rule": "separation-of-duties",
+    }
+    nothing = api(second_approver).post(
+        url(gate, "override"), {"justification": WHY}, format="json"
+    )
     assert nothing.status_code == 409
     assert nothing.json()["message"].endswith("no soft-mandatory policy denies it")
     missing = api(approver).get("/api/v1/gates/999999/")

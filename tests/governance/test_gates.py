@@ -124,7 +124,7 @@ def test_freeze_and_change_windows_are_computed_in_the_environment_time_zone(
 
 
 def test_a_hard_mandatory_deny_blocks_the_gate_the_stage_and_the_run(
-    run_at_gate, production, make_policy, dispatched, t0
+    run_at_gate, production, freezes_block, make_policy, dispatched, t0
 ):
     make_policy("freeze", FREEZE, "hard-mandatory")
     production.freeze_windows = [
@@ -251,6 +251,7 @@ def test_re_evaluating_with_the_same_verdicts_adds_no_decision_rows(run_at_gate,
 def test_a_freeze_that_starts_after_the_approvals_blocks_at_dispatch(
     run_at_gate,
     production,
+    freezes_block,
     make_policy,
     approvers,
     dispatched,
@@ -282,7 +283,7 @@ def test_a_freeze_that_starts_after_the_approvals_blocks_at_dispatch(
 
 
 def test_a_freeze_blocks_a_gate_that_waits_for_an_override(
-    run_at_gate, production, make_policy, approvers, t0
+    run_at_gate, production, freezes_block, make_policy, approvers, t0
 ):
     make_policy("freeze", FREEZE, "hard-mandatory")
     make_policy("ticket", NEEDS_TICKET, "soft-mandatory")

@@ -186,7 +186,7 @@ def test_a_rejection_is_announced(gate, approvers, notified, t0):
 
 
 def test_a_gate_blocked_at_once_is_announced(
-    run_at_gate, production, make_policy, approvers, notified, t0
+    run_at_gate, production, freezes_block, make_policy, approvers, notified, t0
 ):
     make_policy("freeze", FREEZE, "hard-mandatory")
     production.freeze_windows = [

@@ -75,7 +75,9 @@ def test_a_hard_mandatory_denial_is_never_overridden(
     )
 
 
-def test_a_blocked_gate_cannot_be_overridden(run_at_gate, production, make_policy, approver, t0):
+def test_a_blocked_gate_cannot_be_overridden(
+    run_at_gate, production, freezes_block, make_policy, approver, t0
+):
     make_policy("freeze", FREEZE, "hard-mandatory")
     make_policy("ticket", NEEDS_TICKET, "soft-mandatory")
     production.freeze_windows = [
