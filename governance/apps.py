@@ -6,4 +6,9 @@ class GovernanceConfig(AppConfig):
     verbose_name = "Governance"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (login audit, permission-change audit)
+        from django.conf import settings
+
+        from . import rego, signals  # noqa: F401  (signals: login audit, permission-change audit)
+
+        # The evaluator pool is Django-free; it learns the sandbox setting from here.
+        rego.configure_sandbox(getattr(settings, "CLEARWAY", {}).get("SANDBOX", "on"))
