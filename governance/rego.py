@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import re
 import select
 import shutil
 import signal
@@ -598,11 +599,18 @@ class _Evaluator:
         near_limit = self.memory_limit_mb > 0 and self.peak_rss_mb > 0.8 * self.memory_limit_mb
         if b"out of memory" in tail or b"MemoryError" in tail or near_limit:
             return f"memory limit exceeded ({self.memory_limit_mb} MiB)"
+        number = None
         if code is not None and code < 0:
-            return f"evaluator crashed (signal {-code})"
-        if self.sandboxed and code is not None and code > 128:
-            # bubblewrap exits with 128 + N when the evaluator was killed by signal N
-            return f"evaluator crashed (signal {code - 128})"
+            number = -code
+        elif self.sandboxed and code is not None and code > 128:
+            number = code - 128  # bubblewrap exits with 128 + N when its child died of N
+        # Go's runtime catches fatal signals, prints "SIGSEGV: segmentation violation" and a
+        # traceback, then dies of SIGQUIT: name the signal that caused it.
+        caught = re.search(rb"^(SIG[A-Z]+): ", tail, re.M)
+        if caught and caught.group(1).decode() in signal.Signals.__members__:
+            number = int(signal.Signals[caught.group(1).decode()])
+        if number is not None:
+            return f"evaluator crashed (signal {number})"
         return f"evaluator exited unexpectedly (status {code})"
 
     def _fail(self, reason: str) -> _WorkerFailure:
