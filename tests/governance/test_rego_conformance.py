@@ -371,10 +371,10 @@ deny contains sprintf("%v", [array.concat([1], [2, 3])]) if true
 deny contains sprintf("%v", [array.slice([1, 2, 3, 4], 1, 3)]) if true
 deny contains sprintf("%v", [array.reverse([1, 2, 3])]) if true
 xs := [4, 5, 6]
-deny contains sprintf("count=%d sum=%d max=%d min=%d", [count(xs), sum(xs), max(xs), min(xs)]) if true
+deny contains sprintf("n=%d sum=%d max=%d min=%d", [count(xs), sum(xs), max(xs), min(xs)]) if true
 """,
         {},
-        {"[1, 2, 3]", "[2, 3]", "[3, 2, 1]", "count=3 sum=15 max=6 min=4"},
+        {"[1, 2, 3]", "[2, 3]", "[3, 2, 1]", "n=3 sum=15 max=6 min=4"},
         set(),
     ),
     (
