@@ -1,10 +1,13 @@
-"""Policy-as-code engine adapter: Rego v1 policies evaluated in isolated processes.
+"""Policy-as-code engine adapter: Rego v1 policies evaluated by OPA in isolated processes.
 
 Pure Python (no Django). The web app calls :func:`compile_policy` when a policy is saved,
-:func:`run_test_cases` for the policy's test cases / dry runs, and :func:`evaluate_many` at a
-gate. Every call that touches rego-cpp goes to a small pool of long-lived evaluator processes
-(``governance/rego_worker.py``), never into this process, because regopy 1.5.2 can crash the
-process that loads it. See docs/policy-authoring.md for the guards and the reasons.
+:func:`run_test_suite` / :func:`run_test_cases` for the policy's test cases (with OPA's
+coverage) and dry runs, and :func:`evaluate_many` at a gate. Every call that touches OPA
+(``opa-golib-python-bindings``: OPA v1.20's Go ``rego`` package) goes to a small pool of
+long-lived evaluator processes (``governance/rego_worker.py``), sandboxed under bubblewrap
+with no network, never into this process: OPA has no time or memory limits of its own and
+its ``http.send`` really connects. See docs/policy-authoring.md for the guards and the
+reasons, docs/architecture.md ("Policy engine") for why the binding is pinned.
 
 Fail closed: a policy that cannot be evaluated (timeout, crash, memory limit, compile or
 runtime error, undefined or malformed result) gives a Decision with ``result == "error"`` and
@@ -76,8 +79,9 @@ WORKER_PATH = Path(_worker.__file__).resolve()
 DEMO_POLICY_DIR = Path(__file__).resolve().parent / "demo_policies"
 PROBE_INPUT = _worker.PROBE_INPUT
 
-# Margin over the RLIMIT_AS budget at which the parent kills an evaluator on its own (resident
-# set size), in case the kernel limit does not bite (e.g. memory inside snmalloc's reservation).
+# Margin over the budget at which the parent kills an evaluator on its own (resident set
+# size). Go reserves address space at start, so RLIMIT_AS cannot be the limit; RLIMIT_DATA
+# (set by the evaluator at budget + 256 MiB) is only the backstop.
 _RSS_MARGIN_MB = 64
 _POLL_INTERVAL = 0.05
 
@@ -151,8 +155,9 @@ def _failure(name: str, reason: str, duration_ms: float = 0.0, warn=None) -> Dec
 def render_time(value) -> str:
     """RFC 3339 in UTC with an explicit ``+00:00`` offset, never ``Z``.
 
-    rego-cpp's ``time.parse_rfc3339_ns`` rejects a trailing ``Z``. Naive datetimes are taken
-    to be UTC; ISO strings (``Z`` or any offset) are accepted and normalised."""
+    One spelling for every time keeps a gate's input hash stable (OPA reads ``Z`` too).
+    Naive datetimes are taken to be UTC; ISO strings (``Z`` or any offset) are accepted and
+    normalised."""
     if isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):
