@@ -63,9 +63,9 @@ __all__ = [
     "pool_pids",
     "render_time",
     "run_test_cases",
+    "run_test_suite",
     "sandbox_mode",
     "shutdown_pool",
-    "run_test_suite",
 ]
 
 SCHEMA_VERSION = 1
