@@ -104,7 +104,7 @@ def test_opa_syntax_errors_are_shown_with_line_and_column(
 
     errors = page.locator("#source-errors li")
     expect(errors).to_have_count(1)
-    expect(errors.first).to_contain_text(f"line {line}, column {column}: {message}")
+    expect(errors.first).to_contain_text(f"policy.rego, line {line}, column {column}: {message}")
     expect(page.locator("#source-errors-title")).to_contain_text("nothing was saved")
     expect(page.locator("#source-gutter .error-line")).to_have_text([str(line)])
     expect(editor).to_have_value(broken)

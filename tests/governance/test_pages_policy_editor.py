@@ -112,6 +112,7 @@ def test_broken_policy_shows_errors_at_their_line_and_saves_nothing(editor, poli
     assert response.status_code == 200
     page = response.content.decode()
     errors = re.search(r'<ul class="line-errors" id="source-errors".*?</ul>', page, re.S).group(0)
+    assert '<span class="muted">policy.rego,</span>' in errors  # OPA's file name
     assert (
         "line 6, column 12" in errors
         and "rego_parse_error: unexpected ) token: expected \\n or ; or }" in errors
