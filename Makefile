@@ -11,11 +11,14 @@ TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
 .PHONY: run test test-fast test-integration lint check browser-deps sandbox-deps services clean
 
-$(VENV)/.installed: pyproject.toml
+# OPA's evaluator is installed apart from pyproject.toml: its metadata asks for Python >= 3.14,
+# but it runs on 3.11 (see requirements/opa.txt), so pip must ignore that, pinned by hash.
+$(VENV)/.installed: pyproject.toml requirements/opa.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Clearway needs Python 3.11 (found %s)" % sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet .
+	$(PY) -m pip install --quiet --ignore-requires-python --no-deps --require-hashes -r requirements/opa.txt
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -53,6 +53,7 @@ class PolicyVersionSerializer(serializers.ModelSerializer):
             "sha256",
             "enforcement",
             "test_results",
+            "coverage",
             "author",
             "created_at",
         ]
@@ -119,7 +120,9 @@ class DecisionOutSerializer(serializers.Serializer):
 
 
 class EvaluateSerializer(serializers.Serializer):
-    input = serializers.DictField()
+    input = serializers.JSONField(
+        help_text="any JSON document (object, array, ...); gates pass the documented object"
+    )
     source = serializers.CharField(max_length=200_000, trim_whitespace=False, required=False)
     version = serializers.CharField(
         required=False, help_text='"draft" (default), "current" or a version number'
@@ -138,6 +141,14 @@ class TestCaseResultSerializer(serializers.Serializer):
     warn = serializers.ListField(child=serializers.CharField())
     message = serializers.CharField()
     result = serializers.CharField()
+    covered = serializers.ListField(child=serializers.IntegerField())
+    prints = serializers.ListField(child=serializers.CharField())
+
+
+class CoverageSerializer(serializers.Serializer):
+    covered = serializers.ListField(child=serializers.IntegerField())
+    not_covered = serializers.ListField(child=serializers.IntegerField())
+    percent = serializers.FloatField()
 
 
 class TestReportSerializer(serializers.Serializer):
@@ -145,6 +156,7 @@ class TestReportSerializer(serializers.Serializer):
     total = serializers.IntegerField()
     failed = serializers.IntegerField()
     results = TestCaseResultSerializer(many=True)
+    coverage = CoverageSerializer(allow_null=True, help_text="OPA's coverage over all cases")
 
 
 class DryRunRequestSerializer(serializers.Serializer):
@@ -218,6 +230,7 @@ ErrorSerializer = inline_serializer(
                 "PolicyErrorItem",
                 {
                     "message": serializers.CharField(),
+                    "file": serializers.CharField(required=False, allow_null=True),
                     "line": serializers.IntegerField(allow_null=True),
                     "column": serializers.IntegerField(allow_null=True),
                     "path": serializers.CharField(),
@@ -527,10 +540,17 @@ class PolicyViewSet(viewsets.GenericViewSet):
                 cases = policies.validate_test_cases(data["test_cases"])
             except policies.PolicyInvalid as exc:
                 return _refused(exc)
-        results = rego.run_test_cases(source, cases) if cases else []
+        suite = rego.run_test_suite(source, cases) if cases else {"results": [], "coverage": None}
+        results = suite["results"]
         failed = sum(1 for r in results if not r["passed"])
         return Response(
-            {"passed": failed == 0, "total": len(results), "failed": failed, "results": results}
+            {
+                "passed": failed == 0,
+                "total": len(results),
+                "failed": failed,
+                "results": results,
+                "coverage": suite["coverage"],
+            }
         )
 
     @extend_schema(

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class GovernanceConfig(AppConfig):
@@ -10,5 +11,9 @@ class GovernanceConfig(AppConfig):
         # models cannot be imported before the app registry is ready.
         from . import (
             permissions,  # noqa: F401  (registers the rule set of .restrict())
+            rego,
             signals,  # noqa: F401  (login audit, permission-change audit)
         )
+
+        # The evaluator pool is Django-free; it learns the sandbox setting from here.
+        rego.configure_sandbox(getattr(settings, "CLEARWAY", {}).get("SANDBOX", "on"))

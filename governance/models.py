@@ -233,6 +233,9 @@ class PolicyVersion(models.Model):
     sha256 = models.CharField(max_length=64)
     enforcement = models.CharField(max_length=20, choices=Enforcement.choices)
     test_results = models.JSONField(default=list, blank=True)
+    # OPA's coverage of the source by the test cases run at publish:
+    # {"covered": [line, ...], "not_covered": [...], "percent": float}; {} without test cases.
+    coverage = models.JSONField(default=dict, blank=True)
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

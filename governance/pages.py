@@ -164,7 +164,30 @@ def _run_tests(form: PolicyForm) -> dict:
         rego.compile_policy(source)
     except PolicyCompileError as exc:
         return {"compile_errors": exc.errors}
-    return _test_report(cases, rego.run_test_cases(source, cases) if cases else [])
+    if not cases:
+        return _test_report(cases, [])
+    suite = rego.run_test_suite(source, cases)
+    return {
+        **_test_report(cases, suite["results"]),
+        "coverage": _coverage_view(source, suite["coverage"]),
+    }
+
+
+def _coverage_view(source: str, coverage: dict | None) -> dict | None:
+    """The source line by line, each marked covered / not covered / neither (comments,
+    blank lines, the package line: OPA does not count them), from OPA's coverage report."""
+    if not coverage:
+        return None
+    covered, missed = set(coverage["covered"]), set(coverage["not_covered"])
+    lines = [
+        {
+            "number": n,
+            "text": text,
+            "state": "covered" if n in covered else ("missed" if n in missed else ""),
+        }
+        for n, text in enumerate(source.split("\n"), start=1)
+    ]
+    return {**coverage, "lines": lines}
 
 
 def _dry_run(request, form: PolicyForm, policy: Policy | None) -> dict:

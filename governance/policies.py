@@ -379,7 +379,8 @@ def publish_policy(policy: Policy, *, actor, now: datetime | None = None) -> Pol
             f"version {previous.number}"
         )
     rego.compile_policy(source)
-    results = rego.run_test_cases(source, cases) if cases else []
+    suite = rego.run_test_suite(source, cases) if cases else {"results": [], "coverage": None}
+    results = suite["results"]
     failed = [r for r in results if not r["passed"]]
     now = now or timezone.now()
     if failed:
@@ -415,6 +416,7 @@ def publish_policy(policy: Policy, *, actor, now: datetime | None = None) -> Pol
             sha256=source_sha256(source),
             enforcement=enforcement,
             test_results=results,
+            coverage=suite["coverage"] or {},
             author=actor if getattr(actor, "pk", None) else None,
             created_at=now,
         )

@@ -1,10 +1,13 @@
-"""Policy-as-code engine adapter: Rego v1 policies evaluated in isolated processes.
+"""Policy-as-code engine adapter: Rego v1 policies evaluated by OPA in isolated processes.
 
 Pure Python (no Django). The web app calls :func:`compile_policy` when a policy is saved,
-:func:`run_test_cases` for the policy's test cases / dry runs, and :func:`evaluate_many` at a
-gate. Every call that touches rego-cpp goes to a small pool of long-lived evaluator processes
-(``governance/rego_worker.py``), never into this process, because regopy 1.5.2 can crash the
-process that loads it. See docs/policy-authoring.md for the guards and the reasons.
+:func:`run_test_suite` / :func:`run_test_cases` for the policy's test cases (with OPA's
+coverage) and dry runs, and :func:`evaluate_many` at a gate. Every call that touches OPA
+(``opa-golib-python-bindings``: OPA v1.20's Go ``rego`` package) goes to a small pool of
+long-lived evaluator processes (``governance/rego_worker.py``), sandboxed under bubblewrap
+with no network, never into this process: OPA has no time or memory limits of its own and
+its ``http.send`` really connects. See docs/policy-authoring.md for the guards and the
+reasons, docs/architecture.md ("Policy engine") for why the binding is pinned.
 
 Fail closed: a policy that cannot be evaluated (timeout, crash, memory limit, compile or
 runtime error, undefined or malformed result) gives a Decision with ``result == "error"`` and
@@ -16,10 +19,14 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import hashlib
+import importlib.util
 import json
+import logging
 import os
 import queue
+import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +38,6 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from governance import rego_worker as _worker
 
@@ -47,14 +53,16 @@ __all__ = [
     "PolicyError",
     "compile_policy",
     "configure_pool",
+    "configure_sandbox",
     "demo_policies",
-    "environment_flags",
     "evaluate",
     "evaluate_many",
     "input_hash",
     "pool_pids",
     "render_time",
     "run_test_cases",
+    "run_test_suite",
+    "sandbox_mode",
     "shutdown_pool",
 ]
 
@@ -69,8 +77,9 @@ WORKER_PATH = Path(_worker.__file__).resolve()
 DEMO_POLICY_DIR = Path(__file__).resolve().parent / "demo_policies"
 PROBE_INPUT = _worker.PROBE_INPUT
 
-# Margin over the RLIMIT_AS budget at which the parent kills an evaluator on its own (resident
-# set size), in case the kernel limit does not bite (e.g. memory inside snmalloc's reservation).
+# Margin over the budget at which the parent kills an evaluator on its own (resident set
+# size). Go reserves address space at start, so RLIMIT_AS cannot be the limit; RLIMIT_DATA
+# (set by the evaluator at budget + 256 MiB) is only the backstop.
 _RSS_MARGIN_MB = 64
 _POLL_INTERVAL = 0.05
 
@@ -83,6 +92,7 @@ class PolicyError:
     message: str
     line: int | None = None
     column: int | None = None
+    file: str | None = None
 
     def __str__(self) -> str:
         if self.line is not None:
@@ -105,6 +115,10 @@ class Decision:
     warn: list[str] = field(default_factory=list)
     duration_ms: float = 0.0
     error: str | None = None
+    # Test runs only: the lines of the policy the evaluation covered / did not (OPA's
+    # coverage report) and what print() wrote.
+    coverage: dict | None = None
+    prints: list[str] = field(default_factory=list)
 
     @property
     def allowed(self) -> bool:
@@ -112,9 +126,20 @@ class Decision:
         return self.result in ("pass", "warn")
 
 
-def _decision(deny: list[str], warn: list[str], duration_ms: float) -> Decision:
+def _decision(
+    deny: list[str], warn: list[str], duration_ms: float, reply: dict | None = None
+) -> Decision:
     result = "deny" if deny else ("warn" if warn else "pass")
-    return Decision(result, list(deny), list(warn), duration_ms, None)
+    reply = reply or {}
+    return Decision(
+        result,
+        list(deny),
+        list(warn),
+        duration_ms,
+        None,
+        reply.get("coverage"),
+        list(reply.get("prints") or []),
+    )
 
 
 def _failure(name: str, reason: str, duration_ms: float = 0.0, warn=None) -> Decision:
@@ -128,8 +153,9 @@ def _failure(name: str, reason: str, duration_ms: float = 0.0, warn=None) -> Dec
 def render_time(value) -> str:
     """RFC 3339 in UTC with an explicit ``+00:00`` offset, never ``Z``.
 
-    rego-cpp's ``time.parse_rfc3339_ns`` rejects a trailing ``Z``. Naive datetimes are taken
-    to be UTC; ISO strings (``Z`` or any offset) are accepted and normalised."""
+    One spelling for every time keeps a gate's input hash stable (OPA reads ``Z`` too).
+    Naive datetimes are taken to be UTC; ISO strings (``Z`` or any offset) are accepted and
+    normalised."""
     if isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):
@@ -153,59 +179,6 @@ def _canonical_json(doc) -> str:
 def input_hash(input_doc: dict) -> str:
     """SHA-256 (hex) of the canonical JSON of a gate input document."""
     return hashlib.sha256(_canonical_json(input_doc).encode("utf-8")).hexdigest()
-
-
-def _parse_hhmm(text: str) -> dt.time:
-    hours, minutes = text.split(":")
-    if hours == "24" and minutes == "00":
-        return dt.time.max
-    return dt.time(int(hours), int(minutes))
-
-
-def environment_flags(
-    now: dt.datetime,
-    timezone: str,
-    freeze_windows: list[dict],
-    change_windows: list[dict],
-) -> dict:
-    """Compute ``in_freeze`` and ``in_change_window`` for the gate input.
-
-    * ``in_freeze``: some freeze window has ``start <= now < end`` (aware datetimes or ISO
-      strings).
-    * ``in_change_window``: ``now``, in the environment's time zone, falls on one of a change
-      window's ``days`` (Monday=0) with ``start <= time < end`` (``"HH:MM"``). A window whose
-      end is not after its start runs past midnight into the next day. No change windows at
-      all means no restriction (True).
-    """
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=dt.UTC)
-
-    def aware(value):
-        if isinstance(value, str):
-            value = dt.datetime.fromisoformat(render_time(value))
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-    in_freeze = any(aware(w["start"]) <= now < aware(w["end"]) for w in freeze_windows or [])
-    if not change_windows:
-        in_change = True
-    else:
-        local = now.astimezone(ZoneInfo(timezone or "UTC"))
-        in_change = False
-        for window in change_windows:
-            start, end = _parse_hhmm(window["start"]), _parse_hhmm(window["end"])
-            days = set(range(7) if window.get("days") is None else window["days"])
-            moment = local.time().replace(tzinfo=None)
-            if start < end:
-                hit = local.weekday() in days and start <= moment < end
-            else:  # overnight: from start on a listed day until end on the next day
-                yesterday = (local.weekday() - 1) % 7
-                hit = (local.weekday() in days and moment >= start) or (
-                    yesterday in days and moment < end
-                )
-            if hit:
-                in_change = True
-                break
-    return {"in_freeze": in_freeze, "in_change_window": in_change}
 
 
 # JSON Schema of the gate input (schema_version 1); docs/policy-input.md shows the same.
@@ -346,45 +319,212 @@ class _PoolUnavailable(_WorkerFailure):
     """No evaluator could be had at all (shut down, none free in time, none would start)."""
 
 
-def _scrubbed_env() -> dict[str, str]:
-    """The evaluator's whole environment: opa.runtime() would show it to every policy."""
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-    }
+SANDBOX_HINT = (
+    "install bubblewrap (`sudo apt-get install bubblewrap`, or `make sandbox-deps`), or set "
+    "CLEARWAY_SANDBOX=off to run policy evaluators without a sandbox (not recommended)"
+)
+_sandbox = {"mode": os.environ.get("CLEARWAY_SANDBOX", "on").strip().lower() or "on"}
+_log = logging.getLogger("clearway.rego")
+
+
+def configure_sandbox(mode: str) -> None:
+    """``"on"`` (the default): evaluators run under bubblewrap with no network and no view of
+    Clearway's files; without a working ``bwrap`` every evaluation fails closed. ``"off"``:
+    plain subprocesses (a warning is logged). Restarts a running pool."""
+    mode = str(mode or "on").strip().lower()
+    if mode not in ("on", "off"):
+        raise ValueError(f'CLEARWAY_SANDBOX must be "on" or "off", not {mode!r}')
+    with _pool_lock:
+        changed = _sandbox["mode"] != mode
+        _sandbox["mode"] = mode
+    if changed:
+        shutdown_pool()
+
+
+def sandbox_mode() -> str:
+    return _sandbox["mode"]
+
+
+def _scrubbed_env(memory_limit_mb: int) -> dict[str, str]:
+    """The evaluator's whole environment (opa.runtime() would show it to every policy)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    if memory_limit_mb > 0:
+        # Go's soft limit: its collector works harder as the heap nears the budget, well
+        # before the parent's resident-size check or the data limit kill the evaluator.
+        env["GOMEMLIMIT"] = f"{max(16, memory_limit_mb * 3 // 4)}MiB"
+    return env
+
+
+def _binding_dir() -> Path:
+    """Where opa_bindings is installed, found without importing it (no OPA in this process)."""
+    spec = importlib.util.find_spec("opa_bindings")
+    if spec is None or not spec.submodule_search_locations:
+        raise _WorkerFailure(
+            "OPA's evaluator (opa-golib-python-bindings) is not installed: run `make "
+            ".venv/.installed` or see docs/operations.md (it needs "
+            "`pip install --ignore-requires-python -r requirements/opa.txt`)"
+        )
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+def _sandbox_argv(memory_limit_mb: int, info_fd: int) -> list[str]:
+    """bubblewrap around the evaluator: its own network namespace (no interface but a
+    loopback of its own), a read-only view of /usr and the Python installation only, the
+    evaluator script and the OPA binding bound at /clearway, an empty /tmp; no /proc, no
+    home, no Clearway directory (settings, var/, database file, keys)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise _WorkerFailure(
+            f"bubblewrap (bwrap) is not installed, and policies are evaluated in a sandbox: "
+            f"{SANDBOX_HINT}"
+        )
+    python = Path(os.path.realpath(sys.executable))
+    prefix = Path(sys.base_prefix).resolve()
+    argv = [bwrap, "--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64"):
+        path = Path("/") / name
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            argv += ["--ro-bind", str(path), str(path)]
+    if Path("/etc/ld.so.cache").exists():
+        argv += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for path in {prefix, python.parent.parent}:
+        if not str(path).startswith("/usr/") and path.is_dir():
+            argv += ["--ro-bind", str(path), str(path)]
+    env = _scrubbed_env(memory_limit_mb)
+    argv += [
+        "--ro-bind", str(_binding_dir()), "/clearway/opa_bindings",
+        "--ro-bind", str(WORKER_PATH), "/clearway/rego_worker.py",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",  # noqa: S108 (a fresh tmpfs inside the sandbox)
+        "--unshare-net", "--unshare-ipc", "--unshare-uts",
+        "--unshare-cgroup-try", "--unshare-user-try",
+        "--die-with-parent", "--new-session",
+        "--clearenv",
+    ]  # fmt: skip
+    for key, value in env.items():
+        argv += ["--setenv", key, value]
+    argv += ["--chdir", "/", "--info-fd", str(info_fd)]
+    argv += [str(python), "-I", "-S", "/clearway/rego_worker.py", "--lib-dir", "/clearway"]
+    return argv + ["--memory-mb", str(memory_limit_mb)]
+
+
+_warned_unsandboxed = False
+
+
+def _evaluator_argv(memory_limit_mb: int, info_fd: int | None) -> list[str]:
+    global _warned_unsandboxed
+    if info_fd is not None:
+        return _sandbox_argv(memory_limit_mb, info_fd)
+    if not _warned_unsandboxed:
+        _warned_unsandboxed = True
+        _log.warning(
+            "CLEARWAY_SANDBOX=off: policy evaluators run without bubblewrap, so a policy "
+            "that gets past the publish-time checks could reach the network"
+        )
+    _binding_dir()  # a clear message when the binding is missing
+    return [sys.executable, "-I", str(WORKER_PATH), "--memory-mb", str(memory_limit_mb)]
+
+
+# Tests only: start evaluators that skip the publish-time refusal of network built-ins, to
+# show that the sandbox stops a policy that got past it. Not reachable from settings.
+_SKIP_BUILTIN_CHECK = False
 
 
 class _Evaluator:
-    """One evaluator process and its pipes. Used by one thread at a time (the pool sees to it)."""
+    """One evaluator process and its pipes. Used by one thread at a time (the pool sees to it).
+
+    Sandboxed, ``proc`` is bubblewrap and ``pid`` the evaluator inside it (bubblewrap reports
+    it on its info pipe): the resident-size check, ``pool_pids()`` and kills use that pid."""
 
     def __init__(self, memory_limit_mb: int):
         self.memory_limit_mb = memory_limit_mb
+        self.sandboxed = _sandbox["mode"] != "off"
         self._stderr = tempfile.TemporaryFile()
         self._buf = b""
         self._next_id = 0
         self.failed = False
+        self.peak_rss_mb = 0.0
         self.owner_pid = os.getpid()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", str(WORKER_PATH), "--memory-mb", str(memory_limit_mb)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=_scrubbed_env(),
-            cwd=tempfile.gettempdir(),
-            close_fds=True,
-            start_new_session=True,
-        )
+        info_read = info_write = None
+        if self.sandboxed:
+            info_read, info_write = os.pipe()
+        try:
+            argv = _evaluator_argv(memory_limit_mb, info_write)
+            if _SKIP_BUILTIN_CHECK:
+                argv.append("--skip-builtin-check")
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                env=_scrubbed_env(memory_limit_mb),
+                cwd=tempfile.gettempdir(),
+                close_fds=True,
+                pass_fds=(info_write,) if info_write is not None else (),
+                start_new_session=True,
+            )
+        except BaseException:
+            for fd in (info_read, info_write):
+                if fd is not None:
+                    os.close(fd)
+            self._stderr.close()
+            raise
         self.pid = self.proc.pid
         self._fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        if info_read is not None:
+            os.close(info_write)
+            try:
+                self.pid = self._sandbox_child(info_read, deadline)
+            except _WorkerFailure:
+                self.kill()
+                raise
+            finally:
+                os.close(info_read)
         try:
-            hello = self._read(time.monotonic() + STARTUP_TIMEOUT, what="start-up")
+            hello = self._read(deadline, what="start-up")
         except _WorkerFailure:
             self.kill()
             raise
         if not hello.get("ready"):
             self.kill()
             raise _WorkerFailure(f"evaluator did not start: {hello!r}")
+
+    def _sandbox_child(self, fd: int, deadline: float) -> int:
+        data = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], _POLL_INTERVAL)
+            if ready:
+                chunk = os.read(fd, 4096)
+                if chunk:
+                    data += chunk
+                    try:
+                        return int(json.loads(data)["child-pid"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+            if (ready and not chunk) or self.proc.poll() is not None:
+                break
+        self.failed = True
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        message = self._stderr_tail().decode("utf-8", "replace").strip().splitlines()
+        detail = message[-1] if message else "no reason given"
+        raise _WorkerFailure(
+            f"the sandbox (bubblewrap) could not start the evaluator ({detail}): {SANDBOX_HINT}"
+        )
+
+    def _stderr_tail(self) -> bytes:
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - 8192))
+            return self._stderr.read()
+        except (OSError, ValueError):
+            return b""
 
     # plumbing ---------------------------------------------------------------------------
     def alive(self) -> bool:
@@ -393,9 +533,11 @@ class _Evaluator:
     def _rss_mb(self) -> float:
         try:
             with open(f"/proc/{self.pid}/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+                rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         except (OSError, ValueError, IndexError):
             return 0.0
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        return rss
 
     def _crash_reason(self) -> str:
         try:
@@ -403,18 +545,22 @@ class _Evaluator:
         except subprocess.TimeoutExpired:
             self.kill()
             code = self.proc.returncode
-        tail = b""
-        try:
-            self._stderr.seek(0, os.SEEK_END)
-            size = self._stderr.tell()
-            self._stderr.seek(max(0, size - 8192))
-            tail = self._stderr.read()
-        except OSError:
-            pass
-        if b"bad_alloc" in tail or b"MemoryError" in tail:
+        tail = self._stderr_tail()
+        near_limit = self.memory_limit_mb > 0 and self.peak_rss_mb > 0.8 * self.memory_limit_mb
+        if b"out of memory" in tail or b"MemoryError" in tail or near_limit:
             return f"memory limit exceeded ({self.memory_limit_mb} MiB)"
+        number = None
         if code is not None and code < 0:
-            return f"evaluator crashed (signal {-code})"
+            number = -code
+        elif self.sandboxed and code is not None and code > 128:
+            number = code - 128  # bubblewrap exits with 128 + N when its child died of N
+        # Go's runtime catches fatal signals, prints "SIGSEGV: segmentation violation" and a
+        # traceback, then dies of SIGQUIT: name the signal that caused it.
+        caught = re.search(rb"^(SIG[A-Z]+): ", tail, re.M)
+        if caught and caught.group(1).decode() in signal.Signals.__members__:
+            number = int(signal.Signals[caught.group(1).decode()])
+        if number is not None:
+            return f"evaluator crashed (signal {number})"
         return f"evaluator exited unexpectedly (status {code})"
 
     def _fail(self, reason: str) -> _WorkerFailure:
@@ -469,10 +615,12 @@ class _Evaluator:
     def kill(self) -> None:
         self.failed = True
         if self.proc.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            # the evaluator first (inside the sandbox), then bubblewrap around it
+            for pid in dict.fromkeys((self.pid, self.proc.pid)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover
@@ -707,7 +855,10 @@ atexit.register(shutdown_pool)
 
 
 def _errors_from(raw: list[dict]) -> list[PolicyError]:
-    return [PolicyError(e.get("message", "error"), e.get("line"), e.get("column")) for e in raw]
+    return [
+        PolicyError(e.get("message", "error"), e.get("line"), e.get("column"), e.get("file"))
+        for e in raw
+    ]
 
 
 def compile_policy(source: str) -> None:
@@ -732,19 +883,31 @@ def compile_policy(source: str) -> None:
 
 
 def evaluate(
-    source: str, input_doc: dict, *, name: str = "policy", timeout: float = DEFAULT_TIMEOUT
+    source: str,
+    input_doc,
+    *,
+    name: str = "policy",
+    timeout: float = DEFAULT_TIMEOUT,
+    coverage: bool = False,
 ) -> Decision:
-    """Evaluate one policy. Never raises for policy faults: those are "error" decisions."""
-    return evaluate_many([(name, source)], input_doc, timeout=timeout)[0]
+    """Evaluate one policy against any JSON document (the gate input is an object, the
+    evaluate endpoint takes arrays too). Never raises for policy faults: those are "error"
+    decisions."""
+    return evaluate_many([(name, source)], input_doc, timeout=timeout, coverage=coverage)[0]
 
 
 def evaluate_many(
-    policies: list[tuple[str, str]], input_doc: dict, *, timeout: float = DEFAULT_TIMEOUT
+    policies: list[tuple[str, str]],
+    input_doc,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    coverage: bool = False,
 ) -> list[Decision]:
     """Evaluate (name, source) pairs against one input, in one round trip to an evaluator.
 
     ``timeout`` applies to each policy. If an evaluator dies or times out, that policy is an
-    "error" decision and the remaining ones go to a fresh evaluator."""
+    "error" decision and the remaining ones go to a fresh evaluator. ``coverage`` asks OPA
+    for the lines each evaluation covered (slower; for test runs)."""
     policies = list(policies)
     results: list[Decision | None] = [None] * len(policies)
     try:
@@ -763,6 +926,7 @@ def evaluate_many(
                     {
                         "op": "evaluate",
                         "input": input_doc,
+                        "coverage": coverage,
                         "policies": [
                             {"name": policies[i][0], "source": policies[i][1]} for i in batch
                         ],
@@ -788,7 +952,7 @@ def evaluate_many(
                         results[index] = _failure(name, reply["error"], duration)
                     else:
                         results[index] = _decision(
-                            reply.get("deny") or [], reply.get("warn") or [], duration
+                            reply.get("deny") or [], reply.get("warn") or [], duration, reply
                         )
         except _WorkerFailure as exc:  # no evaluator could be had, or it died on send
             elapsed = (time.perf_counter() - started) * 1000.0
@@ -833,13 +997,23 @@ def run_test_cases(
     ``expect.deny`` / ``expect.warn`` are either the exact messages (order ignored) or a
     count; a key that is left out is not checked. ``expect.error`` (true or a substring)
     expects the evaluation to fail closed. Returns one dict per case:
-    ``{"name", "passed", "deny", "warn", "message", "result"}``."""
+    ``{"name", "passed", "deny", "warn", "message", "result", "covered", "prints"}``."""
+    return run_test_suite(source, cases, timeout=timeout)["results"]
+
+
+def run_test_suite(source: str, cases: list[dict], *, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    """The test cases' results and OPA's coverage of the policy over all of them:
+    ``{"results": [...], "coverage": {"covered": [line, ...], "not_covered": [...],
+    "percent": float} | None}`` (lines are 1-based; a line is covered when some case
+    evaluated it)."""
     compile_error = None
     try:
         compile_policy(source)
     except PolicyCompileError as exc:
         compile_error = str(exc)
     report = []
+    covered: set[int] = set()
+    not_covered: set[int] = set()
     for number, case in enumerate(cases, start=1):
         name = str(case.get("name") or f"case {number}")
         expect = case.get("expect") or {}
@@ -852,10 +1026,17 @@ def run_test_cases(
                     "warn": [],
                     "message": f"policy does not compile: {compile_error}",
                     "result": "error",
+                    "covered": [],
+                    "prints": [],
                 }
             )
             continue
-        decision = evaluate(source, case.get("input") or {}, name="under test", timeout=timeout)
+        decision = evaluate(
+            source, case.get("input"), name="under test", timeout=timeout, coverage=True
+        )
+        if decision.coverage:
+            covered.update(decision.coverage.get("covered") or [])
+            not_covered.update(decision.coverage.get("not_covered") or [])
         problems = []
         wants_error = expect.get("error")
         if decision.result == "error":
@@ -878,9 +1059,20 @@ def run_test_cases(
                 "warn": decision.warn,
                 "message": "; ".join(problems) if problems else "ok",
                 "result": decision.result,
+                "covered": sorted((decision.coverage or {}).get("covered") or []),
+                "prints": decision.prints,
             }
         )
-    return report
+    coverage = None
+    if covered or not_covered:
+        missed = not_covered - covered
+        total = len(covered) + len(missed)
+        coverage = {
+            "covered": sorted(covered),
+            "not_covered": sorted(missed),
+            "percent": round(100.0 * len(covered) / total, 1) if total else 100.0,
+        }
+    return {"results": report, "coverage": coverage}
 
 
 def demo_policies() -> list[dict]:

@@ -1,26 +1,28 @@
 """Isolated Rego evaluator process for Clearway's policy gates.
 
-The Django process never loads regopy (Microsoft's rego-cpp bindings) itself: it talks to a
-small pool of these processes over pipes (see ``governance.rego``). This module is both
+The web and worker processes never load OPA themselves: they talk to a small pool of these
+processes over pipes (see ``governance.rego``). Each one embeds Open Policy Agent's own Go
+evaluator (OPA v1.20's ``rego`` package) through ``opa-golib-python-bindings`` and, unless
+the sandbox is turned off on purpose, runs under bubblewrap with no network and no view of
+Clearway's files. This module is both
 
-* the evaluator entry point (``python -m governance.rego_worker`` or ``python
-  path/to/rego_worker.py``), and
+* the evaluator entry point (``python path/to/rego_worker.py``), and
 * a home for the pure-Python helpers that the parent side shares with it (package and
-  rule-head checks, the parser for rego-cpp's error output, the probe input).
+  rule-head checks, the parser for OPA's error text, the probe input).
 
-regopy is imported lazily, inside :func:`main`, so importing this module from the web
+The binding is imported lazily, inside :func:`main`, so importing this module from the web
 process stays cheap and never pulls native code in. Nothing here imports Django.
 
 Protocol (one JSON document per line):
 
-* the evaluator writes ``{"ready": true, "pid": ..., "regopy": ...}`` once it is set up;
+* the evaluator writes ``{"ready": true, "pid": ..., "engine": ...}`` once it is set up;
 * request ``{"id": n, "op": "compile", "source": "..."}`` is answered by one line
   ``{"id": n, "ok": true, "package": "...", "rules": [...]}`` or
-  ``{"id": n, "ok": false, "errors": [{"message", "line", "column"}]}``;
-* request ``{"id": n, "op": "evaluate", "input": {...}, "policies": [{"name", "source"}]}``
-  is answered by one line per policy, in order, as each finishes:
-  ``{"id": n, "index": i, "deny": [...], "warn": [...], "error": null | "...",
-  "duration_ms": x}`` (so the parent can time every policy separately);
+  ``{"id": n, "ok": false, "errors": [{"message", "file", "line", "column"}]}``;
+* request ``{"id": n, "op": "evaluate", "input": <any JSON>, "policies": [{"name",
+  "source"}], "coverage": false}`` is answered by one line per policy, in order, as each
+  finishes: ``{"id": n, "index": i, "deny": [...], "warn": [...], "error": null | "...",
+  "duration_ms": x}`` (plus ``"coverage"`` and ``"prints"`` when coverage was asked for);
 * request ``{"id": n, "op": "ping"}`` is answered by ``{"id": n, "pong": true}``.
 
 Responses go to a private duplicate of the original stdout; file descriptor 1 itself is
@@ -38,7 +40,17 @@ import time
 from collections import OrderedDict
 
 MODULE_NAME = "policy.rego"
-RULES = ("deny", "warn")
+
+# conftest's conventions: `deny`, `warn` and `violation`, each optionally with a `_suffix`.
+# `deny*` and `violation*` are denials, `warn*` are warnings.
+RULE_NAME_RE = re.compile(r"^(deny|warn|violation)(?:_[A-Za-z0-9_]+)?$")
+
+# Built-ins that reach out of the evaluator. Refused when a policy is saved; the sandbox
+# (no network namespace) stops them anyway if a policy gets past this check.
+FORBIDDEN_BUILTINS = {
+    ("http", "send"): "it makes HTTP requests",
+    ("net", "lookup_ip_addr"): "it makes DNS queries",
+}
 
 V1_HINT = (
     "Clearway policies are Rego v1: write multi-value rules as "
@@ -77,8 +89,9 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _PACKAGE_RE = re.compile(rf"^[ \t]*package[ \t]+({_IDENT}(?:\.{_IDENT})*)[ \t]*(?:#.*)?$", re.M)
 _ANY_PACKAGE_RE = re.compile(r"^[ \t]*package\b", re.M)
 # `deny[msg] {`, `warn[msg] if {` (anywhere), or `deny[...]` at the start of a line.
+_RULE = r"(?:deny|warn|violation)(?:_[A-Za-z0-9_]+)?"
 _V0_HEAD_RE = re.compile(
-    r"^(?:(deny|warn)[ \t]*\[|[ \t]+(deny|warn)[ \t]*\[[^\]\n]*\][ \t]*\{)", re.M
+    rf"^(?:({_RULE})[ \t]*\[|[ \t]+({_RULE})[ \t]*\[[^\]\n]*\][ \t]*\{{)", re.M
 )
 # `deny := ...`, `deny = ...`, `deny if ...`, `deny { ... }`, `default deny ...` starting a
 # line (indented too: a local variable called deny/warn is refused as well, which is fine).
@@ -168,8 +181,8 @@ def static_errors(source: str) -> list[dict]:
         column = start - (text.rfind("\n", 0, start) + 1) + 1
         errors.append(
             _err(
-                f"Rego v0 rule head `{rule}[...]` is not supported (rego-cpp silently "
-                f"misreads it). {V1_HINT}",
+                f"Rego v0 rule head `{rule}[...]` is not supported (OPA v1 reads it as an "
+                f"object rule, not a set of messages). {V1_HINT}",
                 line,
                 column,
             )
@@ -191,156 +204,147 @@ def static_errors(source: str) -> list[dict]:
 
 
 def _err(message: str, line: int | None = None, column: int | None = None) -> dict:
-    return {"message": message, "line": line, "column": column}
+    return {"message": message, "file": MODULE_NAME, "line": line, "column": column}
 
 
-# --- rego-cpp error output -------------------------------------------------------------
-#
-# rego-cpp reports errors as a Trieste s-expression, e.g.
-#
-#   (rego-errorseq
-#     (error 11:policy.rego|54|1
-#       (errormsg 16:this is unclosed)
-#       (errorast |54|1))
-#     ...)
-#
-# Strings are length-prefixed (`16:this is unclosed`, lengths in UTF-8 bytes) and source
-# locations are `<len>:<file>|<byte offset>|<byte length>` (the file may be left out when it
-# is the same as before), optionally followed by `:<source text>`.
-
-
-class _SexprNode:
-    __slots__ = ("kind", "atoms", "children")
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.atoms: list[dict] = []
-        self.children: list[_SexprNode] = []
-
-    def walk(self):
-        yield self
-        for child in self.children:
-            yield from child.walk()
-
-
-def _parse_sexpr(data: bytes) -> list[_SexprNode]:
-    roots: list[_SexprNode] = []
-    stack: list[_SexprNode] = []
-    i, n = 0, len(data)
-    ws = b" \t\r\n"
-
-    def read_int(j: int) -> tuple[int | None, int]:
-        k = j
-        while k < n and 48 <= data[k] <= 57:
-            k += 1
-        return (int(data[j:k]) if k > j else None), k
-
+def _blank_strings_and_comments(source: str) -> str:
+    """``source`` with the insides of strings and comments blanked (same offsets), so that a
+    symbol can be looked for without matching text inside a string or a comment."""
+    out = list(source)
+    i, n = 0, len(source)
     while i < n:
-        ch = data[i]
-        if ch in ws:
+        ch = source[i]
+        if ch == "#":
+            while i < n and source[i] != "\n":
+                out[i] = " "
+                i += 1
+        elif ch == '"':
             i += 1
-        elif ch == 0x28:  # (
-            j = i + 1
-            while j < n and data[j] not in ws and data[j] not in b"()":
-                j += 1
-            node = _SexprNode(data[i + 1 : j].decode("utf-8", "replace"))
-            (stack[-1].children if stack else roots).append(node)
-            stack.append(node)
-            i = j
-        elif ch == 0x29:  # )
-            if stack:
-                stack.pop()
+            while i < n and source[i] not in '"\n':
+                if source[i] == "\\" and i + 1 < n:
+                    out[i] = " "
+                    i += 1
+                out[i] = " "
+                i += 1
+            i += 1
+        elif ch == "`":
+            i += 1
+            while i < n and source[i] != "`":
+                if source[i] != "\n":
+                    out[i] = " "
+                i += 1
             i += 1
         else:
-            atom: dict = {}
-            num, j = read_int(i)
-            if num is not None and j < n and data[j] == 0x3A:  # N:bytes
-                atom["str"] = data[j + 1 : j + 1 + num].decode("utf-8", "replace")
-                i = j + 1 + num
-            if i < n and data[i] == 0x7C:  # |offset|length
-                off, j = read_int(i + 1)
-                if off is not None and j < n and data[j] == 0x7C:
-                    length, k = read_int(j + 1)
-                    atom["file"] = atom.pop("str", None)
-                    atom["offset"] = off
-                    atom["length"] = length or 0
-                    i = k
-                    if i < n and data[i] == 0x3A and length is not None:  # :source text
-                        atom["str"] = data[i + 1 : i + 1 + length].decode("utf-8", "replace")
-                        i = i + 1 + length
-            if not atom:  # a bare word: skip to the next separator
-                j = i
-                while j < n and data[j] not in ws and data[j] not in b"()":
-                    j += 1
-                atom["word"] = data[i:j].decode("utf-8", "replace")
-                i = max(j, i + 1)
-            if stack:
-                stack[-1].atoms.append(atom)
-    return roots
+            i += 1
+    return "".join(out)
 
 
-def parse_rego_errors(text: str, source: str) -> list[dict]:
-    """Turn rego-cpp's error s-expression into ``[{"message", "line", "column"}]``."""
+def _position(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _find(source: str, pattern: str, line: int | None = None) -> tuple[int, int] | None:
+    """(line, column) of the first match of a regex in the code (strings and comments left
+    out), on ``line`` if given."""
+    text = _blank_strings_and_comments(source)
+    if line is not None:
+        lines = text.split("\n")
+        if not 1 <= line <= len(lines):
+            return None
+        match = re.search(pattern, lines[line - 1])
+        return (line, match.start() + 1) if match else None
+    match = re.search(pattern, text, re.M)
+    return _position(text, match.start()) if match else None
+
+
+# --- OPA's error text ------------------------------------------------------------------
+#
+# The binding hands errors over as OPA prints them, e.g.
+#
+#   1 error occurred: policy.rego:3: rego_parse_error: unexpected ) token
+#   	  x := )
+#   	       ^
+#   bundle activation failed: 2 errors occurred:
+#   policy.rego:3: rego_unsafe_var_error: var z is unsafe
+#   policy.rego:5: rego_type_error: undefined function foo.bar
+#
+# Parse errors carry OPA's column as a caret under the line (OPA strips the line's leading
+# tabs and shifts the caret by as many); other errors name a line only, and the column is
+# that of the symbol the message names on that line (else the line's first character).
+
+_ERROR_RE = re.compile(r"(?:^|\s)([^\s:]+\.rego):(\d+): ([a-z_]+): (.*)$")
+_SYMBOL_RES = (
+    re.compile(r"^var (\S+) is unsafe"),
+    re.compile(r"^var (\S+) (?:assigned above|referenced above)"),
+    re.compile(r"^undefined function (\S+)"),
+    re.compile(r"^undefined ref: (\S+)"),
+    re.compile(r"^([a-z][\w.]*): "),  # eval_builtin_error: `to_number: ...`
+    re.compile(r"^rule (?:data\.)?(\S+?) "),
+)
+
+
+def _column_for(source: str, line: int, code: str, message: str) -> int:
+    for regex in _SYMBOL_RES:
+        match = regex.search(message)
+        if not match:
+            continue
+        symbol = match.group(1).rsplit("data.", 1)[-1]
+        parts = [re.escape(p) for p in symbol.split(".") if p]
+        if not parts:
+            continue
+        found = _find(source, r"(?<![\w.])" + r"\s*\.\s*".join(parts) + r"(?!\w)", line)
+        if found is None and len(parts) > 1:
+            found = _find(source, r"(?<![\w.])" + parts[-1] + r"(?!\w)", line)
+        if found:
+            return found[1]
+    lines = source.split("\n")
+    if 1 <= line <= len(lines):
+        text = lines[line - 1]
+        return len(text) - len(text.lstrip()) + 1
+    return 1
+
+
+def _caret_column(source: str, line: int, caret: str) -> int | None:
+    if "^" not in caret:
+        return None
+    lines = source.split("\n")
+    if not 1 <= line <= len(lines):
+        return None
+    text = lines[line - 1]
+    tabs = len(text) - len(text.lstrip("\t"))
+    # OPA counts the caret's offset in bytes of the tab-stripped line.
+    offset = (caret[1:] if caret.startswith("\t") else caret).index("^")
+    head = text.encode("utf-8")[tabs:][: max(0, offset)]
+    return tabs + len(head.decode("utf-8", "replace")) + 1
+
+
+def parse_opa_errors(text: str, source: str) -> list[dict]:
+    """OPA's error text -> ``[{"message", "file", "line", "column"}]`` (1-based)."""
     errors: list[dict] = []
-    try:
-        roots = _parse_sexpr(text.encode("utf-8"))
-    except Exception:  # never let the parser hide the original error
-        roots = []
-    for root in roots:
-        for node in root.walk():
-            if node.kind != "error":
-                continue
-            message = None
-            offset = length = None
-            for child in node.children:
-                if child.kind == "errormsg" and message is None:
-                    message = "".join(a.get("str", a.get("word", "")) for a in child.atoms)
-            # Prefer the error's own location, then the first location inside its AST that
-            # points at the policy (runtime errors also carry parts of the input document).
-            for atom in node.atoms:
-                if "offset" in atom and atom.get("file") in (None, MODULE_NAME):
-                    offset, length = atom["offset"], atom["length"]
-                    break
-            if offset is None:
-                for child in node.children:
-                    if child.kind != "errorast":
-                        continue
-                    for sub in child.walk():
-                        for atom in sub.atoms:
-                            if atom.get("file") == MODULE_NAME and "offset" in atom:
-                                offset, length = atom["offset"], atom["length"]
-                                break
-                        if offset is not None:
-                            break
-            line = column = None
-            message = (message or "rego error").strip()
-            if offset is not None:
-                line, column = line_col(source, offset)
-                quoted = _token_at(source, offset, length)
-                if quoted == "package" and message == "this is unclosed":
-                    continue  # rego-cpp's cascade: "the module is unclosed"
-                if quoted and message == "this is unclosed":
-                    message = f"`{quoted}` is not closed"
-                elif quoted:
-                    message = f"{message} (at `{quoted}`)"
-            errors.append(_err(message, line, column))
+    lines = text.split("\n")
+    for index, raw in enumerate(lines):
+        match = _ERROR_RE.search(raw)
+        if not match:
+            continue
+        file, line, code, message = match.group(1), int(match.group(2)), *match.group(3, 4)
+        column = None
+        detail = [d for d in lines[index + 1 : index + 3] if d.startswith("\t")]
+        if len(detail) == 2:
+            column = _caret_column(source, line, detail[1])
+        if column is None:
+            column = _column_for(source, line, code, message)
+        errors.append(
+            {"message": f"{code}: {message.strip()}", "file": file, "line": line, "column": column}
+        )
     if not errors:
-        first = text.strip().splitlines()[0] if text.strip() else "unknown rego error"
+        first = text.strip().splitlines()[0] if text.strip() else "unknown OPA error"
         errors.append(_err(first))
-    # rego-cpp sometimes repeats the same complaint for enclosing constructs.
     unique: list[dict] = []
     for err in errors:
         if err not in unique:
             unique.append(err)
     return unique
-
-
-def _token_at(source: str, offset: int, length: int | None) -> str:
-    """The source text an error points at, when it is short enough to quote."""
-    if not length or length > 24:
-        return ""
-    token = source.encode("utf-8")[offset : offset + length].decode("utf-8", "replace").strip()
-    return "" if "\n" in token or "`" in token else token
 
 
 def format_error(err: dict) -> str:
@@ -349,121 +353,148 @@ def format_error(err: dict) -> str:
     return err["message"]
 
 
+# --- the policy's abstract syntax tree --------------------------------------------------
+
+PARSER_MODULE = (
+    "package clearway_internal.parser\n\nast := rego.parse_module(input.file, input.source)\n"
+)
+
+
+def _is_var(term, name: str) -> bool:
+    return isinstance(term, dict) and term.get("type") == "var" and term.get("value") == name
+
+
+def _is_str(term, value: str) -> bool:
+    return isinstance(term, dict) and term.get("type") == "string" and term.get("value") == value
+
+
+def _forbidden_calls(node, found: set) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "ref" and isinstance(node.get("value"), list):
+            ref = node["value"]
+            for (head, name), _why in FORBIDDEN_BUILTINS.items():
+                if len(ref) >= 2 and _is_var(ref[0], head) and _is_str(ref[1], name):
+                    found.add((head, name))
+        for value in node.values():
+            _forbidden_calls(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _forbidden_calls(value, found)
+
+
+def _package_ref(ast: dict) -> tuple[str, str]:
+    """(dotted name, a Rego reference to it) of the policy's package."""
+    parts = [t.get("value") for t in ast["package"]["path"][1:]]
+    ref = "data"
+    for part in parts:
+        ref += (
+            f".{part}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part) else f"[{json.dumps(part)}]"
+        )
+    return ".".join(parts), ref
+
+
+def check_ast(ast: dict, source: str, builtins: bool = True) -> tuple[list[str], list[dict]]:
+    """-> (the deny/warn/violation rule names the policy defines, errors). ``builtins=False``
+    skips the refusal of network built-ins (tests of the sandbox only)."""
+    errors: list[dict] = []
+    rules: list[str] = []
+    bad: set[str] = set()
+    for rule in ast.get("rules") or []:
+        head = rule.get("head") or {}
+        ref = head.get("ref") or []
+        if not ref or ref[0].get("type") != "var":
+            continue
+        name = ref[0].get("value")
+        if not RULE_NAME_RE.match(str(name)):
+            continue
+        multi_value = len(ref) == 1 and "key" in head and "value" not in head
+        if not multi_value or "args" in head or rule.get("default"):
+            if name not in bad:
+                bad.add(name)
+                where = _find(source, rf"^[ \t]*(?:default[ \t]+)?{re.escape(name)}\b") or (1, 1)
+                errors.append(
+                    _err(
+                        f"`{name}` must be a set of messages built by a multi-value rule "
+                        f"(`{name} contains msg if {{ ... }}`); a single-value, object or "
+                        f"function `{name}` is not allowed. {V1_HINT}",
+                        *where,
+                    )
+                )
+            continue
+        if name not in rules:
+            rules.append(name)
+    found: set = set()
+    if builtins:
+        _forbidden_calls(ast.get("rules") or [], found)
+    for head, name in sorted(found):
+        where = _find(source, rf"(?<![\w.]){head}\s*\.\s*{name}(?!\w)") or (None, None)
+        errors.append(
+            _err(
+                f"`{head}.{name}` is not allowed in a Clearway policy: "
+                f"{FORBIDDEN_BUILTINS[(head, name)]}, and policies get no network. Put the "
+                "data the policy needs into the pipeline's parameters instead",
+                *where,
+            )
+        )
+    return rules, errors
+
+
 # --- the evaluator process -----------------------------------------------------------
 
 
+def _coverage_lines(report) -> dict | None:
+    files = (report or {}).get("files") or {}
+    mine = files.get(MODULE_NAME)
+    if mine is None:
+        return None
+
+    def rows(ranges) -> set[int]:
+        out: set[int] = set()
+        for item in ranges or []:
+            start, end = item["start"]["row"], item["end"]["row"]
+            out.update(range(int(start), int(end) + 1))
+        return out
+
+    covered = rows(mine.get("covered"))
+    return {
+        "covered": sorted(covered),
+        "not_covered": sorted(rows(mine.get("not_covered")) - covered),
+    }
+
+
+def _message(value) -> str | None:
+    """A conftest result: a string, or an object with a string `msg`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("msg"), str):
+        return value["msg"]
+    return None
+
+
 class _Engine:
-    """Compiles policies once per source SHA-256 and evaluates them; single-threaded."""
+    """Compiles policies once per source SHA-256 (one OPA engine each, so that two policies
+    with the same package never meet) and evaluates them; single-threaded."""
 
-    def __init__(self, cache_size: int = 256):
-        import regopy
-        from regopy import rego_shared as rs
+    def __init__(self, cache_size: int = 256, check_builtins: bool = True):
+        self.check_builtins = check_builtins
+        from opa_bindings import OpaEngine, OpaError
 
-        self.regopy = regopy
-        self.rs = rs
+        self.OpaEngine = OpaEngine
+        self.OpaError = OpaError
         self.cache: OrderedDict[str, dict] = OrderedDict()
         self.cache_size = cache_size
-        self.runner = self._interpreter()
-        self._input_ref = None
+        self.prints: list[str] = []
+        self.parser = self._new_engine()
+        self.parser.add_policy("clearway_parser.rego", PARSER_MODULE)
 
-    def _interpreter(self):
-        interp = self.regopy.Interpreter()
-        interp.log_level = self.rs.LogLevel.NONE
-        # Without this, a failing built-in (bad time format, bad number...) silently
-        # makes its expression undefined, which can quietly drop a deny.
-        interp.strict_built_in_errors = True
-        return interp
+    def _new_engine(self):
+        engine = self.OpaEngine()
+        # print() output is kept for test runs, never written to the evaluator's stderr.
+        engine.print_handler = lambda message, location: self.prints.append(
+            f"{location}: {message}"
+        )
+        return engine
 
-    # node helpers ------------------------------------------------------------------
-    def _kind(self, node):
-        return self.rs.NodeKind(self.rs.rego_node_type(node))
-
-    def _unwrap(self, node):
-        NK = self.rs.NodeKind
-        while self._kind(node) in (NK.Term, NK.Scalar):
-            if self.rs.rego_node_size(node) < 1:
-                break
-            node = self.rs.rego_node_get(node, 0)
-        return node
-
-    def _children(self, node):
-        return [self.rs.rego_node_get(node, i) for i in range(self.rs.rego_node_size(node))]
-
-    def _error_text(self, node, source: str) -> str:
-        """Readable text of an Error / ErrorSeq node."""
-        NK = self.rs.NodeKind
-        kind = self._kind(node)
-        errs = self._children(node) if kind == NK.ErrorSeq else [node]
-        parsed: list[dict] = []
-        for err in errs:
-            parsed.extend(parse_rego_errors(self.rs.rego_node_json(err), source))
-        return "; ".join(format_error(e) for e in parsed) or "rego error"
-
-    def _string_set(self, node, rule: str) -> tuple[list[str] | None, str | None]:
-        NK = self.rs.NodeKind
-        node = self._unwrap(node)
-        kind = self._kind(node)
-        if kind != NK.Set:
-            got = {NK.Array: "an array", NK.Object: "an object", NK.String: "a string"}.get(
-                kind, kind.name.lower()
-            )
-            return None, f"`{rule}` must be a set of strings but is {got}. {V1_HINT}"
-        values = []
-        for child in self._children(node):
-            child = self._unwrap(child)
-            if self._kind(child) != NK.String:
-                return None, (
-                    f"`{rule}` must be a set of strings but contains "
-                    f"{self.rs.rego_node_json(child)}. {V1_HINT}"
-                )
-            values.append(_decode_string(self.rs.rego_node_json(child)))
-        return sorted(values), None
-
-    def _result_node(self, output, source: str):
-        """-> ("ok", Result node) | ("undefined", None) | ("error", text).
-
-        The node belongs to ``output``: use it before freeing the output."""
-        rs = self.rs
-        NK = rs.NodeKind
-        root = rs.rego_output_node(output)
-        kind = self._kind(root)
-        if kind in (NK.Error, NK.ErrorSeq) or not rs.rego_output_ok(output):
-            return "error", self._error_text(root, source)
-        if kind == NK.Undefined:
-            return "undefined", None
-        if kind != NK.Results:
-            return "error", f"unexpected result node {kind.name}"
-        results = self._children(root)
-        if not results:
-            return "undefined", None
-        if len(results) > 1:
-            return "error", "the query produced more than one result"
-        return "ok", results[0]
-
-    def _query_value(self, interp, query: str, source: str):
-        rs = self.rs
-        NK = rs.NodeKind
-        out = rs.rego_query(interp._impl, query)
-        root = rs.rego_output_node(out)
-        kind = self._kind(root)
-        try:
-            if kind in (NK.Error, NK.ErrorSeq) or not rs.rego_output_ok(out):
-                return "error", self._error_text(root, source)
-            if kind == NK.Undefined:
-                return "undefined", None
-            result = self._children(root)[0]
-            for part in self._children(result):
-                if self._kind(part) == NK.Terms:
-                    terms = self._children(part)
-                    if len(terms) != 1:
-                        return "error", "unexpected query result"
-                    value, error = self._string_set(terms[0], query.rsplit(".", 1)[-1])
-                    return ("type", error) if error else ("ok", value)
-            return "undefined", None
-        finally:
-            rs.rego_free_output(out)
-
-    # compile ---------------------------------------------------------------------------
     def compile(self, source: str) -> dict:
         sha = source_sha256(source)
         entry = self.cache.get(sha)
@@ -473,115 +504,120 @@ class _Engine:
         entry = self._compile(source)
         self.cache[sha] = entry
         while len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
+            _sha, old = self.cache.popitem(last=False)
+            if old.get("engine") is not None:
+                old["engine"].close()
         return entry
 
     def _compile(self, source: str) -> dict:
         errors = static_errors(source)
         if errors:
             return {"ok": False, "errors": errors}
-        package = package_of(source)
-        interp = self._interpreter()
+        engine = self._new_engine()
         try:
-            interp.add_module(MODULE_NAME, source)
-        except self.rs.RegoError as exc:
-            return {"ok": False, "errors": parse_rego_errors(str(exc), source)}
-        interp.set_input(self.regopy.Input(PROBE_INPUT))
-        rules = []
-        for rule in RULES:
-            status, value = self._query_value(interp, f"data.{package}.{rule}", source)
-            if status == "type":
-                return {"ok": False, "errors": [_err(value)]}
-            if status == "error":
-                message = (
-                    f"`{rule}` failed on the probe input (a minimal valid gate input): {value}"
+            engine.add_policy(MODULE_NAME, source)
+        except self.OpaError as exc:
+            engine.close()
+            errors = parse_opa_errors(exc.message, source)
+            if any("keyword is required" in e["message"] for e in errors):
+                errors = [{**e, "message": f"{e['message']}. {V1_HINT}"} for e in errors]
+            return {"ok": False, "errors": errors}
+        try:
+            ast = self.parser.eval_document(
+                "clearway_internal.parser.ast", {"file": MODULE_NAME, "source": source}
+            )
+        except self.OpaError as exc:
+            engine.close()
+            return {"ok": False, "errors": parse_opa_errors(exc.message, source)}
+        rules, errors = check_ast(ast, source, self.check_builtins)
+        package, package_ref = _package_ref(ast)
+        if not errors and not rules:
+            errors = [
+                _err(
+                    f"package {package} defines neither `deny` nor `warn` (nor conftest's "
+                    f"`deny_*`, `warn_*` or `violation` rules). {V1_HINT}"
                 )
-                return {"ok": False, "errors": [_err(message)]}
-            if status == "ok":
-                rules.append(rule)
-        if not rules:
-            return {
-                "ok": False,
-                "errors": [_err(f"package {package} defines neither `deny` nor `warn`. {V1_HINT}")],
-            }
-        query = "; ".join(f"{rule} := data.{package}.{rule}" for rule in rules)
-        try:
-            bundle = interp.build(query)
-        except self.rs.RegoError as exc:
-            return {"ok": False, "errors": parse_rego_errors(str(exc), source)}
-        if not bundle.ok():
-            return {"ok": False, "errors": [_err("the policy could not be built")]}
-        return {
+            ]
+        if errors:
+            engine.close()
+            return {"ok": False, "errors": errors}
+        entry = {
             "ok": True,
             "package": package,
             "rules": rules,
-            "bundle": bundle,
-            "interp": interp,
-            "source": source,
+            "engine": engine,
+            "query": "; ".join(f"r{i} := {package_ref}.{r}" for i, r in enumerate(rules)),
         }
+        # One evaluation on a minimal gate input compiles the whole module (OPA compiles
+        # lazily: unsafe variables, undefined functions, type errors come out here) and
+        # checks that every rule gives messages.
+        deny, warn, error, code, parsed = self._run(entry, PROBE_INPUT, source)
+        if error is not None:
+            engine.close()
+            if code == "prepare_error":
+                return {"ok": False, "errors": parsed}
+            prefix = "the policy failed on the probe input (a minimal valid gate input): "
+            if not parsed:
+                return {"ok": False, "errors": [_err(prefix + error)]}
+            return {
+                "ok": False,
+                "errors": [{**e, "message": prefix + e["message"]} for e in parsed],
+            }
+        return entry
 
-    # evaluate --------------------------------------------------------------------------
-    def set_input(self, doc) -> str | None:
+    def _run(self, entry: dict, input_doc, source: str, coverage: bool = False):
+        """-> (deny, warn, error text or None, OPA error code, OPA's errors parsed)."""
         try:
-            ref = self.regopy.Input(doc)
-            self.runner.set_input(ref)
-        except Exception as exc:  # e.g. integers outside int64
-            return f"the input document could not be passed to the policy engine: {exc}"
-        self._input_ref = ref
-        return None
+            results = entry["engine"].eval_query(entry["query"], input_doc, coverage=coverage)
+        except self.OpaError as exc:
+            parsed = parse_opa_errors(exc.message, source)
+            return [], [], "; ".join(format_error(e) for e in parsed), exc.code, parsed
+        if not results:
+            return [], [], "the policy result is undefined", "undefined", []
+        bindings = results[0]
+        deny: set[str] = set()
+        warn: set[str] = set()
+        for index, rule in enumerate(entry["rules"]):
+            values = bindings.get(f"r{index}")
+            if not isinstance(values, list):
+                return [], [], f"the policy result has no set for `{rule}`", "type", []
+            for value in values:
+                message = _message(value)
+                if message is None:
+                    shown = json.dumps(value, ensure_ascii=False)[:200]
+                    return (
+                        [],
+                        [],
+                        f"`{rule}` must be a set of strings (or of objects with a `msg` string) "
+                        f"but contains {shown}. {V1_HINT}",
+                        "type",
+                        [],
+                    )
+                (warn if rule.startswith("warn") else deny).add(message)
+        return sorted(deny), sorted(warn), None, None, []
 
-    def evaluate(self, source: str) -> tuple[list[str], list[str], str | None]:
+    def evaluate(self, source: str, input_doc, coverage: bool = False) -> dict:
         entry = self.compile(source)
         if not entry["ok"]:
-            return [], [], "; ".join(format_error(e) for e in entry["errors"])
-        rs = self.rs
-        NK = rs.NodeKind
-        try:
-            out = rs.rego_bundle_query(self.runner._impl, entry["bundle"]._impl)
-        except rs.RegoError as exc:
-            return [], [], "; ".join(format_error(e) for e in parse_rego_errors(str(exc), source))
-        try:
-            status, result = self._result_node(out, source)
-            if status == "error":
-                return [], [], result
-            if status == "undefined":
-                return [], [], "the policy result is undefined"
-            found: dict[str, list[str]] = {}
-            for part in self._children(result):
-                if self._kind(part) != NK.Bindings:
-                    continue
-                for binding in self._children(part):
-                    var, value = self._children(binding)[:2]
-                    name = rs.rego_node_json(var).strip('"')
-                    values, error = self._string_set(value, name)
-                    if error:
-                        return [], [], error
-                    found[name] = values
-        finally:
-            rs.rego_free_output(out)
-        missing = [rule for rule in entry["rules"] if rule not in found]
-        if missing:
-            return [], [], f"the policy result has no value for {', '.join(missing)}"
-        return found.get("deny", []), found.get("warn", []), None
+            return {
+                "deny": [],
+                "warn": [],
+                "error": "; ".join(format_error(e) for e in entry["errors"]),
+            }
+        self.prints = []
+        deny, warn, error, _code, _parsed = self._run(entry, input_doc, source, coverage)
+        reply = {"deny": deny, "warn": warn, "error": error}
+        if coverage:
+            reply["coverage"] = _coverage_lines(entry["engine"].last_coverage)
+            reply["prints"] = self.prints[:100]
+        return reply
 
 
-def _decode_string(text: str) -> str:
-    """Decode a String node's JSON text.
-
-    rego-cpp 1.5.2 keeps strings produced by some built-ins (concat, upper, replace...) in a
-    quoted form, and sprintf("%s") then yields text with raw, unescaped quotes, which is not
-    valid JSON. Keep what the policy computed rather than failing."""
-    try:
-        value = json.loads(text)
-        if isinstance(value, str):
-            return value
-    except ValueError:
-        pass
-    inner = text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
-    try:
-        return json.loads('"' + re.sub(r'(?<!\\)"', '\\"', inner) + '"')
-    except ValueError:
-        return inner
+# Go reserves address space at start (hundreds of MiB to GiB), so RLIMIT_AS cannot bound it.
+# The data limit counts only memory that is really mapped writable; the parent also watches
+# the resident size and kills an evaluator past its budget, and GOMEMLIMIT (set by the
+# parent) makes Go's collector work harder before that.
+DATA_MARGIN_MB = 256
 
 
 def _set_limits(memory_mb: int) -> None:
@@ -589,19 +625,11 @@ def _set_limits(memory_mb: int) -> None:
 
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if memory_mb > 0:
-        # rego-cpp's allocator (snmalloc) reserves ~256 GiB of address space when the library
-        # loads, so an absolute RLIMIT_AS below that makes it fail to start. The limit is
-        # therefore set after the import: what is mapped now, plus the budget.
-        vm_size = 0
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmSize:"):
-                    vm_size = int(line.split()[1]) * 1024
-        limit = vm_size + memory_mb * 1024 * 1024
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = (memory_mb + DATA_MARGIN_MB) * 1024 * 1024
+        _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
 def _die_with_parent() -> None:
@@ -617,20 +645,24 @@ def _die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Clearway isolated Rego evaluator")
+    parser = argparse.ArgumentParser(description="Clearway isolated Rego evaluator (OPA)")
     parser.add_argument("--memory-mb", type=int, default=512)
     parser.add_argument("--cache-size", type=int, default=256)
+    parser.add_argument("--lib-dir", default="", help="directory holding opa_bindings")
+    parser.add_argument("--skip-builtin-check", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.lib_dir:
+        sys.path.insert(0, args.lib_dir)
     _die_with_parent()
     proto = os.dup(1)
     os.dup2(2, 1)  # stray native output goes to stderr, never into the protocol
     sys.stdout = sys.stderr
 
-    import regopy  # noqa: F401  (loads the native library and its allocator)
-
+    engine = _Engine(
+        cache_size=args.cache_size, check_builtins=not args.skip_builtin_check
+    )  # loads OPA (and starts Go's runtime)
     _set_limits(args.memory_mb)
-    engine = _Engine(cache_size=args.cache_size)
 
     def send(obj: dict) -> None:
         data = (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
@@ -639,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             written = os.write(proto, view)
             view = view[written:]
 
-    send({"ready": True, "pid": os.getpid(), "regopy": getattr(regopy, "__version__", "")})
+    send({"ready": True, "pid": os.getpid(), "engine": "opa-golib-python-bindings"})
     stdin = sys.stdin.buffer
     while True:
         line = stdin.readline()
@@ -661,26 +693,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 send({"id": rid, "ok": False, "errors": entry["errors"]})
         elif op == "evaluate":
-            input_error = engine.set_input(request.get("input"))
+            input_doc = request.get("input")
+            coverage = bool(request.get("coverage"))
             for index, policy in enumerate(request.get("policies") or []):
                 started = time.perf_counter()
-                if input_error:
-                    deny, warn, error = [], [], input_error
-                else:
-                    try:
-                        deny, warn, error = engine.evaluate(policy.get("source") or "")
-                    except Exception as exc:  # a binding error must not kill the evaluator
-                        deny, warn, error = [], [], f"{type(exc).__name__}: {exc}"
-                send(
-                    {
-                        "id": rid,
-                        "index": index,
-                        "deny": deny,
-                        "warn": warn,
-                        "error": error,
-                        "duration_ms": (time.perf_counter() - started) * 1000.0,
-                    }
+                try:
+                    reply = engine.evaluate(policy.get("source") or "", input_doc, coverage)
+                except Exception as exc:  # a binding error must not kill the evaluator
+                    reply = {"deny": [], "warn": [], "error": f"{type(exc).__name__}: {exc}"}
+                reply.update(
+                    id=rid, index=index, duration_ms=(time.perf_counter() - started) * 1000.0
                 )
+                send(reply)
         else:
             send({"id": rid, "fatal": f"unknown op {op!r}"})
 

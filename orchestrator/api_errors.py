@@ -19,7 +19,13 @@ def exception_handler(exc, context):
         return Response({"message": str(exc), "errors": exc.errors}, status=400)
     if isinstance(exc, PolicyCompileError):
         errors = [
-            {"message": e.message, "line": e.line, "column": e.column, "path": "source"}
+            {
+                "message": e.message,
+                "file": e.file,
+                "line": e.line,
+                "column": e.column,
+                "path": "source",
+            }
             for e in exc.errors
         ]
         return Response({"message": str(exc), "errors": errors}, status=400)

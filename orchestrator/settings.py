@@ -282,6 +282,9 @@ CLEARWAY = {
     "HEARTBEAT_TIMEOUT": env.float("CLEARWAY_HEARTBEAT_TIMEOUT", default=30.0),
     "REAPER_INTERVAL": env.float("CLEARWAY_REAPER_INTERVAL", default=10.0),
     "POLICY_TIMEOUT": env.float("CLEARWAY_POLICY_TIMEOUT", default=2.0),
+    # "on": pipeline steps and policy evaluators run under bubblewrap (and fail closed
+    # without it); "off" on purpose only (a warning is logged). docs/security.md.
+    "SANDBOX": env.str("CLEARWAY_SANDBOX", default="on"),
     # Queue that step executions are sent to (empty: Celery's default queue).
     "STEP_QUEUE": env.str("CLEARWAY_STEP_QUEUE", default=""),
     "DEMO_PASSWORD": "clearway-demo" if DEBUG else None,

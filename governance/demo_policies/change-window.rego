@@ -7,20 +7,17 @@ import rego.v1
 
 day_names := ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 
-# "Mon/Tue 08:00-18:00". Built with concat, not sprintf: rego-cpp 1.5.2 wraps strings that
-# come out of built-ins such as concat/upper/replace in extra quotes when they go through
-# sprintf's %s.
-describe(window) := concat("", [
+# "Mon/Tue 08:00-18:00"
+describe(window) := sprintf("%s %s-%s", [
 	concat("/", [day_names[d] | some d in window.days]),
-	" ", window.start, "-", window.end,
+	window.start, window.end,
 ])
 
 windows_text := concat(", ", [describe(w) | some w in input.environment.change_windows])
 
 deny contains msg if {
 	not input.environment.in_change_window
-	msg := concat("", [
-		input.environment.name, " is outside its change windows (",
-		windows_text, ", ", input.environment.timezone, ")",
+	msg := sprintf("%s is outside its change windows (%s, %s)", [
+		input.environment.name, windows_text, input.environment.timezone,
 	])
 }

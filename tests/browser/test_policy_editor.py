@@ -65,3 +65,70 @@ def test_broken_policy_shows_its_line_and_saves_nothing(world, login, shot):
     policy.refresh_from_db()
     assert policy.source == source
     assert (policy.updated_at, policy.versions.count(), AuditEvent.objects.count()) == before
+
+
+# Where OPA puts them: a stray `)` is a parse error at that `)`; a dangling `==` makes the
+# next line's `msg := ...` its right-hand side, and OPA refuses that assignment to a call at
+# the start of the expression.
+@pytest.mark.parametrize(
+    ("bad", "line", "column", "message"),
+    [
+        (
+            "\tcount(sre_approvers)) < required_approvals\n",
+            21,
+            22,
+            "rego_parse_error: unexpected ) token",
+        ),
+        ("\tcount(sre_approvers) ==\n", 21, 2, "rego_compile_error: cannot assign to call"),
+    ],
+    ids=["stray-parenthesis", "dangling-comparison"],
+)
+def test_opa_syntax_errors_are_shown_with_line_and_column(
+    world, login, shot, bad, line, column, message
+):
+    from governance.models import AuditEvent, Policy
+
+    policy = Policy.objects.get(name="prod-approvals")
+    source = policy.source
+    broken = source.replace(GOOD, bad)
+    assert broken != source
+
+    page = login(world.paula)
+    page.goto(f"/policies/{policy.pk}/")
+    expect_live(page)
+    before = (policy.updated_at, policy.versions.count(), AuditEvent.objects.count())
+    editor = page.locator("form#policy-form textarea[name=source]")
+    editor.fill(broken)
+    page.locator("form#policy-form button[name=action][value=save]").click()
+    page.wait_for_load_state()
+
+    errors = page.locator("#source-errors li")
+    expect(errors).to_have_count(1)
+    expect(errors.first).to_contain_text(f"policy.rego, line {line}, column {column}: {message}")
+    expect(page.locator("#source-errors-title")).to_contain_text("nothing was saved")
+    expect(page.locator("#source-gutter .error-line")).to_have_text([str(line)])
+    expect(editor).to_have_value(broken)
+    shot(page, f"08-policy-editor-opa-error-{line}-{column}")
+
+    policy.refresh_from_db()
+    assert policy.source == source
+    assert (policy.updated_at, policy.versions.count(), AuditEvent.objects.count()) == before
+
+
+def test_running_the_test_cases_shows_the_lines_they_covered(world, login, shot):
+    from governance.models import Policy
+
+    policy = Policy.objects.get(name="prod-approvals")
+    page = login(world.paula)
+    page.goto(f"/policies/{policy.pk}/")
+    expect_live(page)
+    page.locator("form#policy-form button[name=action][value=test]").click()
+    coverage = page.locator("#coverage")
+    expect(coverage).to_be_visible()
+    expect(page.locator("#coverage-percent")).to_contain_text("100.0%")
+    # the deny rule's first condition (line 21) was evaluated by the cases
+    expect(coverage.locator(".cov-line[data-line='21']")).to_have_attribute(
+        "data-coverage", "covered"
+    )
+    expect(coverage.locator(".cov-missed")).to_have_count(0)
+    shot(page, "09-policy-editor-coverage")

@@ -33,13 +33,13 @@ deny contains msg if {
 }
 """
 
-# `[` on line 6, column 9 is never closed.
+# A stray `)` on line 6, column 12 (OPA: "unexpected ) token").
 SYNTAX_ERROR = """package clearway.version
 
 import rego.v1
 
 deny contains msg if {
-	msg := [1
+	msg := "x")
 }
 """
 
@@ -112,10 +112,14 @@ def test_broken_policy_shows_errors_at_their_line_and_saves_nothing(editor, poli
     assert response.status_code == 200
     page = response.content.decode()
     errors = re.search(r'<ul class="line-errors" id="source-errors".*?</ul>', page, re.S).group(0)
-    assert "line 6, column 9" in errors and "is not closed" in errors
+    assert '<span class="muted">policy.rego,</span>' in errors  # OPA's file name
+    assert (
+        "line 6, column 12" in errors
+        and "rego_parse_error: unexpected ) token: expected \\n or ; or }" in errors
+    )
     assert '<span class="error-line" title="problem on line 6">6</span>' in page
-    assert 'data-error-lines="5,6"' in page
-    assert "msg := [1" in page  # the author's text is kept in the editor
+    assert 'data-error-lines="6"' in page
+    assert "msg := &quot;x&quot;)" in page  # the author's text is kept in the editor
     assert snapshot(policy) == before
 
 
@@ -130,7 +134,7 @@ def test_broken_new_policy_is_not_created(editor, environments):
     events = AuditEvent.objects.count()
     response = editor.post("/policies/new/", form(SYNTAX_ERROR, name="fresh"))
     assert response.status_code == 200
-    assert "line 6, column 9" in response.content.decode()
+    assert "line 6, column 12" in response.content.decode()
     assert not Policy.objects.exists()
     assert AuditEvent.objects.count() == events
 
@@ -138,7 +142,7 @@ def test_broken_new_policy_is_not_created(editor, environments):
 def test_compile_errors_show_even_when_other_fields_are_wrong(editor, environments):
     page = editor.post("/policies/new/", form(SYNTAX_ERROR)).content.decode()  # no name
     assert "This field is required." in page
-    assert "line 6, column 9" in page and 'class="error-line"' in page
+    assert "line 6, column 12" in page and 'class="error-line"' in page
     assert not Policy.objects.exists()
 
 
@@ -255,7 +259,7 @@ def test_run_tests_on_broken_source_lists_compile_errors(editor, policy):
     )
     page = response.content.decode()
     assert 'class="line-errors" id="test-compile-errors"' in page
-    assert "line 6, column 9" in page
+    assert "line 6, column 12" in page
 
 
 def test_run_tests_without_htmx_renders_the_whole_page(editor, policy):
@@ -298,7 +302,7 @@ def test_dry_run_refuses_a_broken_source(editor, policy, history):
         headers={"HX-Request": "true"},
     )
     page = response.content.decode()
-    assert "line 6, column 9" in page and "nothing was replayed" in page
+    assert "line 6, column 12" in page and "nothing was replayed" in page
 
 
 def test_dry_run_days_are_limited_to_the_choices(editor, policy):

@@ -40,7 +40,7 @@ SYNTAX_ERROR = """package clearway.broken
 import rego.v1
 
 deny contains msg if {
-	msg := [1
+	msg := "x")
 }
 """
 
@@ -211,11 +211,12 @@ def test_a_syntax_error_reports_line_and_column_and_saves_nothing(api, prod, pau
     response = api(paula).post("/api/v1/policies/", body, format="json")
     assert response.status_code == 400
     data = response.json()
-    assert "not closed" in data["message"]
+    assert "unexpected ) token" in data["message"]
     assert data["errors"][0] == {
-        "message": "`[` is not closed",
+        "message": "rego_parse_error: unexpected ) token: expected \\n or ; or }",
+        "file": "policy.rego",
         "line": 6,
-        "column": 9,
+        "column": 12,
         "path": "source",
     }
     assert not Policy.objects.exists()
@@ -398,9 +399,30 @@ def test_evaluate_a_given_source_reports_compile_errors(api, policy, paula):
     assert response.json()["errors"][0]["line"] == 6
 
 
-def test_evaluate_needs_an_input_object(api, policy, paula):
+ARRAY_POLICY = """package clearway.images
+
+deny contains msg if {
+	some item in input
+	endswith(item.image, ":latest")
+	msg := sprintf("%s uses a :latest image", [item.name])
+}
+"""
+
+
+def test_evaluate_accepts_any_json_document(api, policy, paula):
     url = f"/api/v1/policies/{policy.pk}/evaluate/"
-    response = api(paula).post(url, {"input": "nope"}, format="json")
+    services = [{"name": "web", "image": "nginx:latest"}, {"name": "db", "image": "pg:16"}]
+    body = {"input": services, "source": ARRAY_POLICY}
+    data = api(paula).post(url, body, format="json").json()
+    assert (data["result"], data["deny"]) == ("deny", ["web uses a :latest image"])
+    assert data["input_hash"] == rego.input_hash(services)
+    scalar = api(paula).post(url, {"input": "nope", "source": ARRAY_POLICY}, format="json")
+    assert scalar.json()["result"] == "pass"  # `some item in "nope"` has no items
+
+
+def test_evaluate_needs_an_input(api, policy, paula):
+    url = f"/api/v1/policies/{policy.pk}/evaluate/"
+    response = api(paula).post(url, {}, format="json")
     assert response.status_code == 400
     assert response.json()["errors"][0]["path"] == "input"
 
@@ -413,7 +435,11 @@ def test_the_test_endpoint_reports_each_case(api, policy, paula, viewer):
         "total": 2,
         "failed": 0,
         "results": report["results"],
+        "coverage": report["coverage"],
     }
+    # OPA's coverage over both cases: every line of the rules was evaluated by one of them
+    assert report["coverage"]["not_covered"] == [] and report["coverage"]["percent"] == 100.0
+    assert report["coverage"]["covered"]
     stale = api(paula).post(url, {"test_cases": cases("is not main")}, format="json").json()
     assert (stale["passed"], stale["failed"]) == (False, 1)
     assert stale["results"][1]["name"] == "dev denies"

@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('auth', '0012_alter_user_first_name_max_length'),
-        ('governance', '0003_roles_and_audit_guards'),
+        ('governance', '0004_policy_coverage'),
     ]
 
     operations = [
