@@ -32,8 +32,17 @@ class Command(BaseCommand):
         parser.add_argument("--no-demo", action="store_true", help="do not seed the demo")
         parser.add_argument("--concurrency", type=int, default=4, help="worker threads")
         parser.add_argument("--no-beat", action="store_true")
+        parser.add_argument(
+            "--forwarded-allow-ips",
+            default="",
+            help="proxies whose X-Forwarded-* headers uvicorn may apply (default: none; "
+            "Clearway reads them itself from CLEARWAY_TRUSTED_PROXIES)",
+        )
 
     def handle(self, *args, **opts):
+        from orchestrator.cli import prepare_directories
+
+        prepare_directories()
         call_command("migrate", interactive=False, verbosity=0)
         seeded = False
         if not opts["no_demo"]:
@@ -43,7 +52,7 @@ class Command(BaseCommand):
         try:
             self._banner(opts["host"], opts["port"], demo=not opts["no_demo"], seeded=seeded)
             try:
-                asyncio.run(self._serve(opts["host"], opts["port"]))
+                asyncio.run(self._serve(opts["host"], opts["port"], opts["forwarded_allow_ips"]))
             except KeyboardInterrupt:
                 pass  # uvicorn re-raises the Ctrl-C it handled; shutting down is the answer
         finally:
@@ -110,7 +119,7 @@ class Command(BaseCommand):
         beat.start()
         return beat
 
-    async def _serve(self, host: str, port: int) -> None:
+    async def _serve(self, host: str, port: int, forwarded_allow_ips: str = "") -> None:
         import uvicorn
 
         from orchestrator import events
@@ -123,6 +132,10 @@ class Command(BaseCommand):
             lifespan="off",
             log_level="warning",
             ws="websockets-sansio",
+            # uvicorn would take X-Forwarded-For from 127.0.0.1 (any local process) as the
+            # client's address; only proxies the operator names are believed.
+            proxy_headers=bool(forwarded_allow_ips),
+            forwarded_allow_ips=forwarded_allow_ips or None,
         )
         server = uvicorn.Server(config)
         await server.serve()
