@@ -253,7 +253,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "orchestrator.api_errors.exception_handler",
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["orchestrator.filters.FilterBackend"],
     # Per user (authenticated) or per client address (anonymous) for the whole API; the
     # token endpoint and the webhook have their own, tighter scopes (orchestrator/throttles).
     # A 429 carries Retry-After. Rates: N/second|minute|hour|day.
