@@ -15,11 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Clearway needs Python 3.11 (found %s)" % sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet .
+	$(PY) -m pip install --quiet -e '.[demo]'
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install --quiet '.[dev]'
+	$(PY) -m pip install --quiet -e '.[demo,dev]'
 	@touch $@
 
 run: $(VENV)/.installed sandbox-deps

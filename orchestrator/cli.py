@@ -4,8 +4,11 @@
     clearway web [--host H] [--port P]    the ASGI server (uvicorn): HTTP + websockets
     clearway worker [celery options]      a Celery worker
     clearway beat [celery options]        the Celery beat scheduler (exactly one)
-    clearway migrate | check | seed-demo | verify-audit [options]
-                                          the management commands of the same names
+    clearway migrate                      apply the database migrations
+    clearway check [--deploy]             Django's system checks (production: --deploy)
+    clearway seed-demo                    the demo of DEMO.md (needs the "demo" extra)
+    clearway verify-audit                 recompute the audit chain, name the first bad row
+    clearway collectstatic --noinput      copy static files to STATIC_ROOT (whitenoise)
 
 Each sub-command sets DJANGO_SETTINGS_MODULE (orchestrator.settings unless set), and the ones
 that write (everything but `check`) create the directories under CLEARWAY_VAR_DIR first:
