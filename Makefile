@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/clearway_it
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: run test test-fast test-integration lint check browser-deps sandbox-deps services clean
+.PHONY: run test test-fast test-integration package-smoke lint check browser-deps sandbox-deps services clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Clearway needs Python 3.11 (found %s)" % sys.version.split()[0]'
@@ -50,7 +50,12 @@ test-integration: $(VENV)/.installed-dev browser-deps sandbox-deps services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_AMQP_URL=$(TEST_AMQP_URL) \
 	  $(VENV)/bin/pytest -m "integration or browser" -q -p no:cacheprovider
 
-test: lint test-fast test-integration
+# The wheel, installed outside the source tree into a fresh virtualenv: clearway migrate,
+# check --deploy, standalone answering /healthz, verify-audit (.ci/package-smoke).
+package-smoke: $(VENV)/.installed-dev
+	PYTHON=$(PYTHON) bash .ci/package-smoke
+
+test: lint test-fast test-integration package-smoke
 
 clean:
 	rm -rf $(VENV) var/ test-artifacts/
