@@ -154,3 +154,18 @@ def test_clearway_lists_its_commands_and_refuses_unknown_ones():
 def test_manage_py_keeps_working(tmp_path):
     result = _run([sys.executable, "manage.py", "check"], {"CLEARWAY_VAR_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
+
+
+def test_without_the_demo_extra_seed_demo_says_what_to_install(tmp_path):
+    code = (
+        "import sys; sys.modules['time_machine'] = None\n"  # as if it were not installed
+        "import django; django.setup()\n"
+        "from django.core.management import call_command\n"
+        "call_command('seed_demo')"
+    )
+    result = _run(
+        [sys.executable, "-c", code],
+        {"CLEARWAY_VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "orchestrator.settings"},
+    )
+    assert result.returncode != 0
+    assert "pip install 'clearway[demo]', or pass --no-history" in result.stderr

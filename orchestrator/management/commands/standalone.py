@@ -74,7 +74,18 @@ class Command(BaseCommand):
         self.stdout.write(
             "Seeding the Northwind Health demo (first start only; takes a minute or two)…"
         )
-        call_command("seed_demo")
+        # The history needs the "demo" extra (time-machine); without it, seed the rest.
+        try:
+            import time_machine  # noqa: F401
+
+            history = True
+        except ImportError:
+            history = False
+        if not history:
+            self.stdout.write(
+                "  (without the 60 days of history: pip install 'clearway[demo]' to get them)"
+            )
+        call_command("seed_demo", no_history=not history)
         return True
 
     def _start_worker(self, concurrency: int):
