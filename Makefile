@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/clearway_it
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: run test test-fast test-integration lint check browser-deps sandbox-deps services clean
+.PHONY: run test test-fast test-integration package-smoke lint check browser-deps sandbox-deps services clean
 
 # OPA's evaluator is installed apart from pyproject.toml: its metadata asks for Python >= 3.14,
 # but it runs on 3.11 (see requirements/opa.txt), so pip must ignore that, pinned by hash.
@@ -17,12 +17,12 @@ $(VENV)/.installed: pyproject.toml requirements/opa.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Clearway needs Python 3.11 (found %s)" % sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet .
+	$(PY) -m pip install --quiet -e '.[demo]'
 	$(PY) -m pip install --quiet --ignore-requires-python --no-deps --require-hashes -r requirements/opa.txt
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install --quiet '.[dev]'
+	$(PY) -m pip install --quiet -e '.[demo,dev]'
 	@touch $@
 
 run: $(VENV)/.installed sandbox-deps
@@ -54,7 +54,12 @@ test-integration: $(VENV)/.installed-dev browser-deps sandbox-deps services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_AMQP_URL=$(TEST_AMQP_URL) \
 	  $(VENV)/bin/pytest -m "integration or browser" -q -p no:cacheprovider
 
-test: lint test-fast test-integration
+# The wheel, installed outside the source tree into a fresh virtualenv: clearway migrate,
+# check --deploy, standalone answering /healthz, verify-audit (.ci/package-smoke).
+package-smoke: $(VENV)/.installed-dev
+	PYTHON=$(PYTHON) bash .ci/package-smoke
+
+test: lint test-fast test-integration package-smoke
 
 clean:
 	rm -rf $(VENV) var/ test-artifacts/

@@ -1,9 +1,7 @@
 #!/usr/bin/env python
-import os
 import sys
 
 if __name__ == "__main__":
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
-    from django.core.management import execute_from_command_line
+    from orchestrator.cli import run_management
 
-    execute_from_command_line(sys.argv)
+    run_management(sys.argv)

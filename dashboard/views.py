@@ -24,6 +24,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework.authtoken.models import Token
 
@@ -828,6 +829,7 @@ def approvals_count(request):
 # --- account ----------------------------------------------------------------------------
 
 
+@never_cache  # the page shows a new token's key: no cache, browser or proxy, may keep it
 @login_required
 @require_http_methods(["GET", "POST"])
 def tokens(request):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
-    OpenApiParameter,
     extend_schema,
     extend_schema_field,
     inline_serializer,
@@ -21,6 +20,7 @@ from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 
 from . import policies, rego
+from .filters import DecisionFilter, PolicyFilter
 from .models import Enforcement, Policy, PolicyDecision, PolicyVersion, Tier
 from .permissions import can_edit_policies, restrict
 
@@ -332,23 +332,20 @@ class PolicyViewSet(viewsets.GenericViewSet):
 
     serializer_class = PolicySerializer
     queryset = Policy.objects.none()
+    filterset_class = PolicyFilter
 
     def get_queryset(self):
         qs = Policy.objects.select_related(
             "current_version__author", "updated_by"
         ).prefetch_related("environments")
         qs = restrict(qs, self.request.user, "view")
-        enabled = self.request.query_params.get("enabled")
-        if enabled in ("true", "false") and self.action == "list":
-            qs = qs.filter(enabled=enabled == "true")
         return qs.order_by("name")
 
     def _reload(self, policy: Policy) -> Policy:
         return self.get_queryset().get(pk=policy.pk)
 
-    @extend_schema(parameters=[OpenApiParameter("enabled", bool)])
     def list(self, request):
-        page = self.paginate_queryset(self.get_queryset())
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         return self.get_paginated_response(PolicySerializer(page, many=True).data)
 
     def retrieve(self, request, pk=None):
@@ -586,33 +583,12 @@ class PolicyDecisionViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = PolicyDecisionSerializer
     queryset = PolicyDecision.objects.none()
+    filterset_class = DecisionFilter
 
     def get_queryset(self):
         qs = PolicyDecision.objects.select_related("policy_version__policy")
         qs = restrict(qs, self.request.user, "view")
-        params = self.request.query_params
-        if params.get("gate"):
-            if not params["gate"].isdigit():
-                raise NotFound("gate must be a gate id")
-            qs = qs.filter(gate_id=int(params["gate"]))
-        if params.get("policy"):
-            qs = qs.filter(policy_version__policy__name=params["policy"])
-        if params.get("result"):
-            qs = qs.filter(result=params["result"])
-        if params.get("current") in ("true", "false"):
-            qs = qs.filter(current=params["current"] == "true")
         return qs.order_by("-created_at", "-id")
-
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("gate", int),
-            OpenApiParameter("policy", str, description="policy name"),
-            OpenApiParameter("result", str, enum=["pass", "warn", "deny", "error"]),
-            OpenApiParameter("current", bool),
-        ]
-    )
-    def list(self, request, *args, **kwargs):
-        return super().list(request, *args, **kwargs)
 
 
 def register(router) -> None:

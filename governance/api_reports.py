@@ -30,7 +30,7 @@ from rest_framework.views import APIView
 
 from . import actions, audit, reports
 from .models import ReportJob
-from .permissions import can_export, restrict
+from .permissions import can_export, can_export_audit, restrict
 
 
 class CanExport(drf_permissions.BasePermission):
@@ -38,6 +38,19 @@ class CanExport(drf_permissions.BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return can_export(request.user)
+
+
+class CanExportAudit(drf_permissions.BasePermission):
+    message = (
+        "you may not export the audit log: it needs the installation-wide audit permission "
+        "(governance.view_auditevent, compliance-manager role) as well as export rights"
+    )
+
+    def has_permission(self, request, view) -> bool:
+        if can_export_audit(request.user):
+            return True
+        reports.record_refused_export(request.user, "audit-log", self.message)
+        return False
 
 
 class IgnoreFormatParameter(DefaultContentNegotiation):
@@ -132,6 +145,8 @@ class ChangeReportView(ReportView):
 
 
 class AuditReportView(ReportView):
+    permission_classes = [*ReportView.permission_classes, CanExportAudit]
+
     @extend_schema(
         parameters=[
             *PERIOD,

@@ -5,13 +5,19 @@ from __future__ import annotations
 import secrets
 import uuid
 
+from django.core.exceptions import DisallowedHost
+
+from orchestrator import logcontext
+
 from .audit import request_context
+from .client_ip import client_ip
 
 
 class RequestContextMiddleware:
     """Gives every request an id (echoed in X-Request-ID) and makes it and the client address
-    available to governance.audit.record. The address is REMOTE_ADDR: a proxy in front must
-    set it (uvicorn --proxy-headers), never a header a client can spoof."""
+    available to governance.audit.record and to every log record. The address is decided by
+    governance.client_ip: the socket's peer, or what a trusted proxy says it saw — never a
+    header from anyone else."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -19,12 +25,12 @@ class RequestContextMiddleware:
     def __call__(self, request):
         request_id = uuid.uuid4().hex
         request.request_id = request_id
-        token = request_context.set(
-            {"request_id": request_id, "ip": request.META.get("REMOTE_ADDR") or None}
-        )
+        token = request_context.set({"request_id": request_id, "ip": client_ip(request)})
+        log_token = logcontext.bind_token(request_id=request_id)
         try:
             response = self.get_response(request)
         finally:
+            logcontext.reset(log_token)
             request_context.reset(token)
         response["X-Request-ID"] = request_id
         return response
@@ -32,7 +38,8 @@ class RequestContextMiddleware:
 
 class ContentSecurityPolicyMiddleware:
     """A strict CSP: scripts only from this origin or with the per-request nonce; no inline
-    event handlers, no eval."""
+    event handlers, no eval; websockets only to this site (`'self'` does not cover ws: and
+    wss: in every browser, so the site's own ws(s)://host is named, and no other host)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -46,7 +53,16 @@ class ContentSecurityPolicyMiddleware:
                 f"script-src 'self' 'nonce-{request.csp_nonce}'; "
                 "style-src 'self'; "
                 "img-src 'self' data:; "
-                "connect-src 'self' ws: wss:; "
+                f"connect-src 'self' {_websocket_origin(request)}; "
                 "frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
             )
         return response
+
+
+def _websocket_origin(request) -> str:
+    # get_host() is validated against ALLOWED_HOSTS, so it cannot smuggle other sources in.
+    try:
+        host = request.get_host()
+    except DisallowedHost:
+        return ""
+    return f"{'wss' if request.is_secure() else 'ws'}://{host}"

@@ -93,7 +93,11 @@ def restrict(qs: QuerySet, user, action: str = "view") -> QuerySet:
     if model is AuditEvent:
         if action == "view" and user.has_perm("governance.view_auditevent"):
             return qs
-        if action == "export" and user.has_perm("governance.export_reports"):
+        # The audit log is exported whole or not at all: its events concern users, roles,
+        # policies and environments as well as pipelines, and a chain with holes cannot be
+        # verified. So export rights alone are not enough: the installation-wide audit
+        # permission is required too (can_export_audit; docs/reports.md).
+        if action == "export" and can_export_audit(user):
             return qs
         return qs.none()
     if model is ReportJob:
@@ -115,6 +119,11 @@ def can(user, action: str, obj: Model) -> bool:
 
 def can_export(user) -> bool:
     return _active(user) and (user.is_superuser or user.has_perm("governance.export_reports"))
+
+
+def can_export_audit(user) -> bool:
+    """Export rights plus the installation-wide audit permission (see restrict)."""
+    return can_export(user) and (user.is_superuser or user.has_perm("governance.view_auditevent"))
 
 
 def can_edit_policies(user) -> bool:

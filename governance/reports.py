@@ -53,7 +53,7 @@ from .models import (
     ReportJob,
     Tier,
 )
-from .permissions import can_export, restrict
+from .permissions import can_export, can_export_audit, restrict
 
 CHUNK_SIZE = 500
 AUDIT_CHUNK_SIZE = 2000
@@ -1073,6 +1073,11 @@ ORDERING = {
 }
 
 
+def record_refused_export(user, report: str, reason: str) -> None:
+    """Audit an export that was refused (outcome denied)."""
+    audit.record(user, "report.export", ("report", report, report), outcome="denied", reason=reason)
+
+
 def record_export(user, report: str, *, filters: dict, rows: dict, fmt: str, **more) -> int:
     """Audit the export itself (before the first byte); returns the event's seq."""
     event = audit.record(
@@ -1344,7 +1349,7 @@ def export_changes(user, params: Mapping) -> Export:
 
 
 def export_audit(user, params: Mapping) -> Export:
-    if not can_export(user):
+    if not can_export_audit(user):
         raise PermissionError("you may not export the audit log")
     filters = parse_audit_filters(params)
     fmt = parse_format(params, AUDIT_FORMATS)

@@ -21,7 +21,7 @@ from orchestrator.models import Pipeline, StageStatus, Team
 from . import actions, reports
 from .api_reports import download, stream
 from .models import Environment, Outcome, ReportJob
-from .permissions import can_export, restrict
+from .permissions import can_export, can_export_audit, restrict
 
 CHANGE_FIELDS = ("from", "to", "environment", "pipeline", "team", "outcome", "exceptions_only")
 AUDIT_FIELDS = ("from", "to", "actor", "action", "target", "outcome")
@@ -48,6 +48,7 @@ def _context(request, *, values=None, audit_values=None, error=None, audit_error
         "teams": Team.objects.order_by("name"),
         "outcomes": StageStatus.values,
         "audit_outcomes": Outcome.values,
+        "can_export_audit": can_export_audit(request.user),
         "jobs": jobs,
         "jobs_active": any(
             j.status in (ReportJob.Status.QUEUED, ReportJob.Status.RUNNING) for j in jobs
@@ -101,6 +102,10 @@ def reports_export(request):
     kind = request.GET.get("kind", "changes")
     try:
         if kind == "audit":
+            if not can_export_audit(request.user):
+                reason = "Exporting the audit log needs the installation-wide audit permission."
+                reports.record_refused_export(request.user, "audit-log", reason)
+                raise PermissionDenied(reason)
             export = reports.export_audit(request.user, request.GET)
         elif kind == "changes":
             export = reports.export_changes(request.user, request.GET)

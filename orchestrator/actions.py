@@ -658,7 +658,7 @@ def webhook_refusal(
             "(HMAC-SHA256 over '<unix seconds>.<body>')"
         )
     if timestamp is not None:
-        if not timestamp.isdigit() or len(timestamp) > 12:
+        if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
             return "X-Clearway-Timestamp must be the Unix time in whole seconds"
         skew = int(timestamp) - int((now or timezone.now()).timestamp())
         if abs(skew) > cfg["WEBHOOK_TOLERANCE"]:

@@ -3,12 +3,8 @@ governance.permissions.restrict; objects a user may not see are 404."""
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -18,7 +14,8 @@ from rest_framework.response import Response
 from governance.permissions import can, restrict
 
 from . import actions
-from .models import Pipeline, Run, RunStatus, StageRun, StepRun, Team, read_log
+from .filters import RunFilter
+from .models import Pipeline, Run, StageRun, StepRun, Team, read_log
 from .serializers import (
     LogSerializer,
     PipelineSerializer,
@@ -137,35 +134,10 @@ def _run_queryset(request):
 class RunViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = RunSerializer
     queryset = Run.objects.none()
+    filterset_class = RunFilter
 
     def get_queryset(self):
         qs = _run_queryset(self.request)
-        params = self.request.query_params
-        if params.get("status"):
-            statuses = params["status"].split(",")
-            bad = set(statuses) - set(RunStatus.values)
-            if bad:
-                raise ValidationError(
-                    {
-                        "status": [
-                            f"unknown status {sorted(bad)}; use one of "
-                            f"{', '.join(RunStatus.values)}"
-                        ]
-                    }
-                )
-            qs = qs.filter(status__in=statuses)
-        if params.get("pipeline"):
-            qs = qs.filter(pipeline__slug=params["pipeline"])
-        if params.get("since"):
-            try:
-                since = parse_datetime(params["since"])
-            except ValueError:  # well-formed but impossible, e.g. month 13
-                since = None
-            if since is None:
-                raise ValidationError({"since": ["use an ISO 8601 date-time"]})
-            if timezone.is_naive(since):  # "2025-01-31" or no offset: UTC
-                since = timezone.make_aware(since, UTC)
-            qs = qs.filter(created_at__gte=since)
         if self.action == "retrieve":
             steps = StepRun.objects.order_by("position")
             stages = StageRun.objects.select_related("environment", "gate").order_by("position")
@@ -174,16 +146,6 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_serializer_class(self):
         return RunDetailSerializer if self.action == "retrieve" else RunSerializer
-
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("status", str),
-            OpenApiParameter("pipeline", str),
-            OpenApiParameter("since", str),
-        ]
-    )
-    def list(self, request, *args, **kwargs):
-        return super().list(request, *args, **kwargs)
 
     @extend_schema(request=None, responses=RunSerializer)
     @action(detail=True, methods=["post"])

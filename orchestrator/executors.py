@@ -12,6 +12,7 @@ truncated with a marker and the rest of the output is drained and dropped.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import selectors
@@ -27,11 +28,13 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
-from . import actions, events
+from . import actions, events, logcontext
 from .kernel import fastsql
 from .models import LogChunk, StepRun
 
 MAX_LINE_CHARS = 8192
+
+logger = logging.getLogger(__name__)
 
 # Process groups started by this process, so a shutting-down standalone server can stop them.
 _running: set[subprocess.Popen] = set()
@@ -372,6 +375,10 @@ def run_http(step: StepRun, run, stage, log: LogWriter) -> Result:
     return Result(True, response.status_code)
 
 
+def _verdict(result: Result) -> str:
+    return "succeeded" if result.succeeded else f"failed: {result.error or result.exit_code}"
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -401,6 +408,7 @@ def _run_claimed(step: StepRun, claim_next_for: str) -> StepRun | None:
     `claim_next_for` in the same transaction, if any."""
     stage = step.stage
     run = stage.run
+    logcontext.bind(run_id=run.pk, step_id=step.pk)  # on every log record of this step
     log = LogWriter(step, run.pk)
     if step.attempt > 1:
         log.add(f"[clearway] attempt {step.attempt} of {step.max_attempts}")
@@ -412,6 +420,7 @@ def _run_claimed(step: StepRun, claim_next_for: str) -> StepRun | None:
     except BaseException:  # the worker is going down: keep what the step printed
         log.flush()
         raise
+    logger.info("step %s %s (attempt %s)", step.name, _verdict(result), step.attempt)
     outcome = {
         "succeeded": result.succeeded,
         "exit_code": result.exit_code,

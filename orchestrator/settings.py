@@ -2,19 +2,40 @@
 nothing set (SQLite in var/, embedded broker, in-process channel layer).
 
 Every variable is listed in docs/configuration.md.
+
+Importing this module has no side effect on the filesystem (a read-only image must be able to
+import it): the directories under CLEARWAY_VAR_DIR are created by the processes that use
+them, at start (orchestrator.cli.prepare_directories).
 """
 
+import ipaddress
 import os
+from importlib import metadata
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(environ.Env().str("CLEARWAY_VAR_DIR", default=str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
-
+# A source checkout (manage.py beside the apps) keeps its data in var/ of the checkout; an
+# installed distribution has no such folder of its own, and uses ./var of where it runs.
+_SOURCE_TREE = (BASE_DIR / "manage.py").is_file()
 env = environ.Env()
+VAR_DIR = Path(
+    env.str("CLEARWAY_VAR_DIR", default=str(BASE_DIR / "var" if _SOURCE_TREE else Path("var")))
+).absolute()
+
+# The installed wheel carries templates/ and static/ inside the orchestrator package
+# (pyproject.toml's package-dir mapping); a source checkout has them at its top level.
+_PACKAGED = Path(__file__).resolve().parent
+TEMPLATES_DIR = (
+    _PACKAGED / "site_templates"
+    if (_PACKAGED / "site_templates").is_dir()
+    else BASE_DIR / "templates"
+)
+STATIC_DIR = (
+    _PACKAGED / "site_static" if (_PACKAGED / "site_static").is_dir() else BASE_DIR / "static"
+)
 
 DEBUG = env.bool("DEBUG", default=True)
 SECRET_KEY = env.str("SECRET_KEY", default="")
@@ -29,7 +50,10 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-CLEARWAY_VERSION = "0.1.0"
+try:  # the version lives in pyproject.toml only, and reaches us through the metadata
+    CLEARWAY_VERSION = metadata.version("clearway")
+except metadata.PackageNotFoundError:  # a checkout that was never installed
+    CLEARWAY_VERSION = "0+unknown"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -43,6 +67,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_filters",
     "channels",
     "guardian",
     "axes",
@@ -76,7 +101,7 @@ ASGI_APPLICATION = "orchestrator.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [TEMPLATES_DIR],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -134,6 +159,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
+# Worker logs go through LOGGING below (its format, request/task/run ids), not Celery's own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -185,12 +212,35 @@ AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
-# Behind a proxy set AXES_IPWARE_PROXY_COUNT; by default the socket address is used, so a
-# spoofed X-Forwarded-For cannot reset or dodge the lockout.
-AXES_IPWARE_PROXY_COUNT = env.int("AXES_IPWARE_PROXY_COUNT", default=0) or None
-AXES_IPWARE_META_PRECEDENCE_ORDER = (
-    ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if AXES_IPWARE_PROXY_COUNT else ["REMOTE_ADDR"]
-)
+# The lockout counts the same client address as the audit log and the throttles.
+AXES_CLIENT_IP_CALLABLE = "governance.client_ip.client_ip"
+
+# --- Client address ---------------------------------------------------------------------
+# Clearway decides the client's address itself: the socket's peer (REMOTE_ADDR), unless that
+# peer is one of these proxies (CIDRs), whose X-Forwarded-For is then read from the right,
+# skipping the trusted hops. Nobody else's X-Forwarded-For counts, 127.0.0.1's included.
+if os.environ.get("AXES_IPWARE_PROXY_COUNT"):
+    raise ImproperlyConfigured(
+        "AXES_IPWARE_PROXY_COUNT is no longer read: list the addresses of your proxies in "
+        "CLEARWAY_TRUSTED_PROXIES instead (comma-separated CIDRs, e.g. 10.0.0.0/24), and "
+        "unset AXES_IPWARE_PROXY_COUNT. See docs/operations.md."
+    )
+
+
+def _networks(name: str) -> list:
+    nets = []
+    for item in env.list(name, default=[]):
+        try:
+            nets.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not an IP address or network; use a comma-separated "
+                "list such as 10.0.0.0/24,192.0.2.7"
+            )
+    return nets
+
+
+CLEARWAY_TRUSTED_PROXIES = _networks("CLEARWAY_TRUSTED_PROXIES")
 
 # --- DRF --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -203,6 +253,33 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "orchestrator.api_errors.exception_handler",
+    "DEFAULT_FILTER_BACKENDS": ["orchestrator.filters.FilterBackend"],
+    # Per user (authenticated) or per client address (anonymous) for the whole API; the
+    # token endpoint and the webhook have their own, tighter scopes (orchestrator/throttles).
+    # A 429 carries Retry-After. Rates: N/second|minute|hour|day.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "orchestrator.throttles.UserRateThrottle",
+        "orchestrator.throttles.AddressRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env.str("CLEARWAY_THROTTLE_USER", default="1200/minute"),
+        "address": env.str("CLEARWAY_THROTTLE_ADDRESS", default="600/minute"),
+        "token": env.str("CLEARWAY_THROTTLE_TOKEN", default="20/minute"),
+        "webhook": env.str("CLEARWAY_THROTTLE_WEBHOOK", default="120/minute"),
+    },
+}
+# Throttle counters live in this cache: with several web processes it must be shared
+# (Redis when REDIS_URL is set), or each process counts alone.
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "clearway",
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Clearway API",
@@ -233,9 +310,8 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "staticfiles"
-STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns about a missing directory
+STATICFILES_DIRS = [STATIC_DIR]
+STATIC_ROOT = VAR_DIR / "staticfiles"  # created at start: whitenoise warns when it is missing
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -296,11 +372,34 @@ CLEARWAY = {
     "WEBHOOK_REQUIRE_TIMESTAMP": env.bool("CLEARWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=False),
 }
 
+# LOG_FORMAT=json: one JSON object per line (python-json-logger) for log pipelines. Either
+# way every record carries request_id (web) or task_id (worker), and run_id where there is
+# one (orchestrator.logcontext).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "orchestrator.logcontext.ContextFilter"}},
+    "formatters": {
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(context)s]: %(message)s",
+        },
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "static_fields": {"service": "clearway"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

@@ -52,8 +52,11 @@ __all__ = [
     "MAX_DESCRIPTION_LENGTH",
     "MAX_DOCUMENT_BYTES",
     "MAX_ENV_VARS",
+    "MAX_ERRORS",
     "MAX_HTTP_EXPECT",
     "MAX_HTTP_HEADERS",
+    "MAX_MAPPING_KEYS",
+    "MAX_NODES",
     "MAX_PARAMETERS",
     "MAX_PARAMETER_NAME_LENGTH",
     "MAX_PIPELINE_NAME_LENGTH",
@@ -78,6 +81,15 @@ __all__ = [
 
 MAX_DOCUMENT_BYTES = 256 * 1024  # whole document, UTF-8 encoded
 MAX_DEPTH = 20  # nesting of mappings/lists (the top-level mapping is level 1)
+# Work per document is bounded before validation starts: the guard refuses a document with
+# more YAML nodes (scalars, mappings, lists) than this, or a mapping with more keys (the
+# largest legitimate mapping is `env`, MAX_ENV_VARS). Parsing costs ~35 µs per node, so a
+# refusal costs well under a second whatever the 256 KiB hold (benchmarks/spec_refusal.py).
+MAX_NODES = 10_000
+MAX_MAPPING_KEYS = 200
+# At most this many problems are reported (then one line says there are more): the error
+# list of a hostile document stays small, and validation stops collecting.
+MAX_ERRORS = 100
 MAX_STAGES = 100
 MAX_STEPS_PER_STAGE = 50
 MAX_RUN_BYTES = 64 * 1024  # one ``run`` command, UTF-8 encoded
@@ -548,6 +560,7 @@ class _Collector:
         self.keys = keys
         self.errors: list[Error] = []
         self._seen: set[tuple] = set()
+        self.truncated = False
 
     def locate(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
         table = self.keys if key else self.positions
@@ -575,8 +588,25 @@ class _Collector:
         marker = (line, column, text, message)
         if marker in self._seen:
             return
+        if len(self.errors) >= MAX_ERRORS:
+            self.truncated = True
+            raise _EnoughErrors
         self._seen.add(marker)
         self.errors.append({"message": message, "line": line, "column": column, "path": text})
+
+
+class _EnoughErrors(Exception):
+    """MAX_ERRORS problems were collected: stop validating."""
+
+
+def _more_errors_note() -> Error:
+    return {
+        "message": f"more problems were found; only the first {MAX_ERRORS} are listed — "
+        "fix these and validate again",
+        "line": None,
+        "column": None,
+        "path": "",
+    }
 
 
 def _sorted_errors(errors: list[Error]) -> list[Error]:
@@ -687,6 +717,7 @@ class _Guard:
         self.duplicates: list[Error] = []
         self.root: tuple[int, int] | None = None
         self.documents = 0
+        self.nodes = 0
         # frames: [kind, path, keys seen, expecting a key, current key, items so far]
         self.stack: list[list[Any]] = []
 
@@ -705,6 +736,14 @@ class _Guard:
             return
         if not isinstance(event, NodeEvent):
             return
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _HostileInput(
+                f"the document has too many entries — at most {MAX_NODES} YAML values "
+                "(keys, scalars, lists and mappings) are allowed; split the pipeline",
+                line,
+                column,
+            )
         parent = self.stack[-1] if self.stack else None
         is_key = parent is not None and parent[0] == "map" and parent[3]
         path: Path
@@ -751,7 +790,14 @@ class _Guard:
                     column,
                     where,
                 )
-            if key in parent[2]:
+            if len(parent[2]) >= MAX_MAPPING_KEYS:
+                raise _HostileInput(
+                    f"too many keys in one mapping — at most {MAX_MAPPING_KEYS} are allowed",
+                    line,
+                    column,
+                    where,
+                )
+            if key in parent[2] and len(self.duplicates) < MAX_ERRORS:
                 self.duplicates.append(
                     {
                         "message": f"duplicate key {_quote(key)} — each key may appear only once",
@@ -1406,10 +1452,14 @@ def parse_pipeline(text: str | bytes, *, environments: Iterable[str] | None = No
         )
         raise SpecError(out.errors)
 
-    _schema_errors(doc, out)
-    _semantic_errors(doc, out, known_envs)
+    try:
+        _schema_errors(doc, out)
+        _semantic_errors(doc, out, known_envs)
+    except _EnoughErrors:
+        pass
     if out.errors:
-        raise SpecError(_sorted_errors(out.errors))
+        errors = _sorted_errors(out.errors)
+        raise SpecError([*errors, _more_errors_note()] if out.truncated else errors)
     return _normalize(doc)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+from django.conf import settings
 from django.db import transaction
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -18,8 +20,11 @@ from governance.models import Outcome
 
 from . import actions, spec
 from .models import Pipeline, Trigger
+from .throttles import TokenRateThrottle, WebhookRateThrottle
 
 MAX_WEBHOOK_BODY = 64 * 1024
+# actions.webhook_refusal's reason for a timestamp header that is not Unix seconds at all.
+MALFORMED_TIMESTAMP = "X-Clearway-Timestamp must be the Unix time in whole seconds"
 
 
 @csrf_exempt  # authenticated by the HMAC signature, not by a session
@@ -29,6 +34,10 @@ def webhook(request, slug: str):
     `X-Clearway-Signature: sha256=<HMAC-SHA256 with the pipeline's secret>` over the body, or
     over `<timestamp>.<body>` with `X-Clearway-Timestamp: <Unix seconds>` — then the request
     is accepted only near the server's clock and only once (docs/security.md)."""
+    throttle = WebhookRateThrottle()
+    if not throttle.allow_request(request, None):
+        # Not audited: a flood must not be able to flood the audit log as well.
+        return _too_many(throttle.wait(), "too many webhook requests from this address")
     body = request.body
     # Checked first, for every slug: a signature over a cut-off body could never match, so a
     # large but genuine request would be told its signature is wrong.
@@ -43,7 +52,9 @@ def webhook(request, slug: str):
         _refused(pipeline, slug, reason)
         shown = reason if reason.startswith(("X-Clearway", "missing X")) else ""
         message = shown or "invalid or missing signature"
-        return JsonResponse({"message": message}, status=403)
+        # A header that is not a timestamp at all is a malformed request, not a bad signature.
+        malformed = reason == MALFORMED_TIMESTAMP
+        return JsonResponse({"message": message}, status=400 if malformed else 403)
     try:
         payload = json.loads(body or b"{}")
     except ValueError as exc:
@@ -75,6 +86,13 @@ class _Replayed(Exception):
     pass
 
 
+def _too_many(wait: float | None, message: str) -> JsonResponse:
+    seconds = max(1, math.ceil(wait or 1))
+    response = JsonResponse({"message": f"{message}; try again in {seconds} s"}, status=429)
+    response["Retry-After"] = str(seconds)
+    return response
+
+
 def _refused(pipeline: Pipeline | None, slug: str, reason: str) -> None:
     audit.record(
         None,
@@ -87,20 +105,25 @@ def _refused(pipeline: Pipeline | None, slug: str, reason: str) -> None:
 
 class _ObtainToken(ObtainAuthToken):
     """`POST {"username", "password"}` → `{"token"}`. Authentication goes through
-    django-axes, so repeated failures lock the account and the address out here too."""
+    django-axes, so repeated failures lock the account and the address out here too; the
+    endpoint also has its own rate limit per address (TokenRateThrottle)."""
+
+    throttle_classes = [TokenRateThrottle]
 
     def post(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
         valid = serializer.is_valid()
         # axes flags the request it was given (DRF's wrapper), which its middleware never sees.
         if getattr(request, "axes_locked_out", False):
-            return JsonResponse(
+            response = JsonResponse(
                 {
                     "message": "too many failed attempts: this account or address is locked out "
                     "for a while; try again later"
                 },
                 status=429,
             )
+            response["Retry-After"] = str(int(settings.AXES_COOLOFF_TIME * 3600))
+            return response
         if not valid:
             raise ValidationError(serializer.errors)
         user = serializer.validated_data["user"]

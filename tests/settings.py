@@ -6,9 +6,11 @@ import tempfile
 
 _tmp = tempfile.mkdtemp(prefix="clearway-test-")
 os.environ.setdefault("CLEARWAY_VAR_DIR", _tmp)
+# The settings create no directory on import; processes do at start (orchestrator.cli).
+os.makedirs(os.path.join(os.environ["CLEARWAY_VAR_DIR"], "staticfiles"), exist_ok=True)
 
 from orchestrator.settings import *  # noqa: E402,F403
-from orchestrator.settings import CLEARWAY, DATABASES  # noqa: E402
+from orchestrator.settings import CLEARWAY, DATABASES, REST_FRAMEWORK  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
@@ -22,4 +24,13 @@ CLEARWAY = {
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# The suite sends many requests per minute as the same users; the throttle tests set the
+# real rates back (tests/orchestrator/test_throttling.py).
+REST_FRAMEWORK = {
+    **REST_FRAMEWORK,
+    "DEFAULT_THROTTLE_RATES": {
+        scope: "100000/minute" for scope in REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
+    },
 }

@@ -160,13 +160,18 @@ def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_pat
                 json={"slug": "smoke", "team": "ops", "definition": DEFINITION},
             )
             assert created.status_code == 201, created.text
+            # From 127.0.0.1 with a forged X-Forwarded-For: uvicorn must not believe it.
             run = http.post(
                 "/api/v1/pipelines/smoke/runs/",
-                headers=headers,
+                headers={**headers, "X-Forwarded-For": "6.6.6.6"},
                 json={"parameters": {"who": "in-a-test"}},
             )
             assert run.status_code == 201, run.text
             run_id = run.json()["id"]
+            [trigger] = http.get("/api/v1/audit-events/", params={"action": "run.trigger"}).json()[
+                "results"
+            ]
+            assert trigger["ip"] == "127.0.0.1"
 
             def finished():
                 body = http.get(f"/api/v1/runs/{run_id}/").json()

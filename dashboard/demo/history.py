@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import time_machine
 from django.utils import timezone
 
 from governance import actions as gate_actions
@@ -263,6 +262,8 @@ def seed_history(users: dict, pipelines: dict, *, days: int = 60, out=None) -> i
     plans = build_plans(start, days, rng)
     policy_edit_at = start + timedelta(days=days // 2)
     edited = False
+    import time_machine  # the optional `demo` extra (seed_demo checks for it first)
+
     with time_machine.travel(start, tick=False) as traveller:
         clock = Clock(traveller, start)
         for index, plan in enumerate(plans):

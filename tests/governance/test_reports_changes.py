@@ -7,6 +7,7 @@ import hashlib
 import json
 
 import pytest
+from django.conf import settings
 from django.db.models import Max, Min, Q
 
 from governance import audit, reports
@@ -174,7 +175,7 @@ def test_evidence_header_trailer_and_sha256(scenario, carl):
             chain = json.loads(header["audit_chain_head"])
             verification = json.loads(doc["trailer"]["chain_verification"])
             assert header["generated_by"] == "carl"
-            assert header["clearway_version"] == "0.1.0"
+            assert header["clearway_version"] == settings.CLEARWAY_VERSION
             assert header["generated_at"].endswith("Z")
         else:
             header = doc["header"]

@@ -122,6 +122,9 @@ def check_response(label: str, response, url: str = "") -> list[str]:
             nonce = nonces[0][7:-1] if nonces else None
         if any("'unsafe-eval'" in values for values in directives.values()):
             problems.append("CSP allows 'unsafe-eval'")
+        loose = [s for s in directives.get("connect-src", []) if s.endswith(":") or "*" in s]
+        if loose:
+            problems.append(f"connect-src allows any host for {loose}")
         if directives.get("frame-ancestors") != ["'none'"]:
             problems.append(f"frame-ancestors {directives.get('frame-ancestors')}")
     if response.get("X-Frame-Options") != "DENY":

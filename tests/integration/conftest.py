@@ -245,6 +245,9 @@ def start_server(live_db: str, log_dir: Path, *, name="asgi", extra_env=None) ->
         str(port),
         "--ws",
         "websockets-sansio",
+        # As documented (docs/operations.md): uvicorn must not rewrite the client address
+        # from X-Forwarded-For (it would for 127.0.0.1); Clearway decides it itself.
+        "--no-proxy-headers",
         "--log-level",
         "warning",
     ]

@@ -225,13 +225,18 @@ def test_a_timestamp_outside_the_window_is_refused(client, pipeline, offset, wor
     assert AuditEvent.objects.get(action="webhook.refused").details["reason"] == message
 
 
-@pytest.mark.parametrize("value", ["yesterday", "-5", "1.5", "9" * 13])
-def test_a_malformed_timestamp_is_refused(client, pipeline, value):
+# "²" and "١٢" are digits to str.isdigit() but not to int(): they once answered 500.
+@pytest.mark.parametrize("value", ["yesterday", "-5", "1.5", "9" * 13, "²", "١٢", "1²"])
+def test_a_malformed_timestamp_is_refused_and_audited(client, pipeline, value):
     response = post_at(client, pipeline, {"parameters": {"ref": "abc"}}, value)
-    assert response.status_code == 403
+    assert response.status_code == 400
     assert response.json()["message"] == (
         "X-Clearway-Timestamp must be the Unix time in whole seconds"
     )
+    refusal = AuditEvent.objects.get(action="webhook.refused")
+    assert refusal.outcome == "denied"
+    assert refusal.details["reason"] == response.json()["message"]
+    assert not Run.objects.exists()
 
 
 def test_a_refused_request_can_be_sent_again(client, pipeline, worker):

@@ -25,5 +25,18 @@ class Command(BaseCommand):
                 "seed_demo refuses to run with DEBUG off: the demo users have a published "
                 "password. Seed a development or test instance instead."
             )
+        if not opts["no_history"] and not _history_available():
+            raise CommandError(
+                "the demo's history is replayed with time-machine, which is not installed: "
+                "pip install 'clearway[demo]', or pass --no-history"
+            )
         summary = demo.seed(history=not opts["no_history"], days=opts["days"], out=self.stdout)
         self.stdout.write(self.style.SUCCESS(f"Demo ready: {summary}"))
+
+
+def _history_available() -> bool:
+    try:  # the "demo" extra: not a runtime dependency of Clearway
+        import time_machine  # noqa: F401
+    except ImportError:
+        return False
+    return True

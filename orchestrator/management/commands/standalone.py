@@ -22,6 +22,7 @@ from django.core.management.base import BaseCommand
 
 from orchestrator import events, executors
 from orchestrator.celery import app
+from orchestrator.cli import prepare_directories
 
 logger = logging.getLogger("clearway.standalone")
 
@@ -35,8 +36,15 @@ class Command(BaseCommand):
         parser.add_argument("--no-demo", action="store_true", help="do not seed the demo")
         parser.add_argument("--concurrency", type=int, default=4, help="worker threads")
         parser.add_argument("--no-beat", action="store_true")
+        parser.add_argument(
+            "--forwarded-allow-ips",
+            default="",
+            help="proxies whose X-Forwarded-* headers uvicorn may apply (default: none; "
+            "Clearway reads them itself from CLEARWAY_TRUSTED_PROXIES)",
+        )
 
     def handle(self, *args, **opts):
+        prepare_directories()
         call_command("migrate", interactive=False, verbosity=0)
         seeded = False
         if not opts["no_demo"]:
@@ -46,7 +54,7 @@ class Command(BaseCommand):
         try:
             self._banner(opts["host"], opts["port"], demo=not opts["no_demo"], seeded=seeded)
             try:
-                asyncio.run(self._serve(opts["host"], opts["port"]))
+                asyncio.run(self._serve(opts["host"], opts["port"], opts["forwarded_allow_ips"]))
             except KeyboardInterrupt:
                 pass  # uvicorn re-raises the Ctrl-C it handled; shutting down is the answer
         finally:
@@ -66,7 +74,18 @@ class Command(BaseCommand):
         self.stdout.write(
             "Seeding the Northwind Health demo (first start only; takes a minute or two)…"
         )
-        call_command("seed_demo")
+        # The history needs the "demo" extra (time-machine); without it, seed the rest.
+        try:
+            import time_machine  # noqa: F401
+
+            history = True
+        except ImportError:
+            history = False
+        if not history:
+            self.stdout.write(
+                "  (without the 60 days of history: pip install 'clearway[demo]' to get them)"
+            )
+        call_command("seed_demo", no_history=not history)
         return True
 
     def _start_worker(self, concurrency: int):
@@ -107,7 +126,7 @@ class Command(BaseCommand):
         beat.start()
         return beat
 
-    async def _serve(self, host: str, port: int) -> None:
+    async def _serve(self, host: str, port: int, forwarded_allow_ips: str = "") -> None:
         import uvicorn
 
         events.bind_loop(asyncio.get_running_loop())
@@ -118,6 +137,10 @@ class Command(BaseCommand):
             lifespan="off",
             log_level="warning",
             ws="websockets-sansio",
+            # uvicorn would take X-Forwarded-For from 127.0.0.1 (any local process) as the
+            # client's address; only proxies the operator names are believed.
+            proxy_headers=bool(forwarded_allow_ips),
+            forwarded_allow_ips=forwarded_allow_ips or None,
         )
         server = uvicorn.Server(config)
         await server.serve()
