@@ -103,7 +103,8 @@ def test_approvers_open_the_production_gate_live(world, login, shot, stack):
     # has re-fetched itself on the gate event that the approval sends.
     expect(sam.locator("#gate-panel")).to_contain_text("You approved")
     expect(sam.locator('#gate-panel tr[data-rule-group="sre"]')).to_contain_text("1 more")
-    expect(sam.locator("#inbox-badge")).to_have_attribute("data-count", "1")  # decided: not his
+    # Decided: nothing left for sam to act on, so his badge empties (issue 16).
+    expect(sam.locator("#inbox-badge")).to_have_attribute("data-count", "0")
     assert Approval.objects.filter(gate=gate, user=world.sam, decision="approve").exists()
 
     # sara approves through the REST API.
@@ -137,7 +138,7 @@ def test_approvers_open_the_production_gate_live(world, login, shot, stack):
     shot(dana, "06-run-finished")
     assert same_document(dana), "the run page reloaded"
 
-    # sam's badge empties live; the wallboard shows the success.
+    # sam's badge stays empty; the wallboard shows the success.
     expect(sam.locator("#inbox-badge")).to_have_attribute("data-count", "0")
     expect(tile).to_have_class(re.compile(r"(^|\s)status-succeeded(\s|$)"))
     expect(tile).to_contain_text("succeeded")
