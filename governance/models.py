@@ -342,3 +342,49 @@ class ReportJob(models.Model):
 
     def __str__(self) -> str:
         return f"report {self.pk} ({self.status})"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement "the audit chain's row `seq` has hash `hash`", made at `at` with the
+    Ed25519 key `key_id` (governance.checkpoints). The copies that matter are the ones in the
+    sinks outside the database; this row is an index for incremental verification, trusted
+    only when its signature verifies with the public key (the database owner cannot forge
+    one). Not audited itself: a checkpoint that wrote an audit row would move the head it
+    signs."""
+
+    seq = models.PositiveBigIntegerField(unique=True)
+    hash = models.CharField(max_length=64)
+    at = models.CharField(max_length=40)  # exactly the signed text (ISO 8601, UTC)
+    key_id = models.CharField(max_length=64)
+    signature = models.CharField(max_length=128)  # base64 of the 64-byte Ed25519 signature
+    created_at = models.DateTimeField(auto_now_add=True)
+    # sink name -> "ok" or the last error, so a sink that was down can be written later.
+    sinks = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-seq"]
+
+    def __str__(self) -> str:
+        return f"checkpoint #{self.seq}"
+
+
+class AuditStreamCursor(models.Model):
+    """How far one configured SIEM destination (settings CLEARWAY["AUDIT_STREAMS"], by name)
+    has acknowledged the audit log. Delivery (governance.siem) sends the rows after
+    `acked_seq` in seq order and moves it only on the receiver's acknowledgement, so after an
+    outage it resumes with no gap. `leased_until` lets one worker at a time deliver to a
+    destination (claimed with a conditional UPDATE, never a lock held across the network)."""
+
+    name = models.CharField(max_length=64, unique=True)
+    acked_seq = models.PositiveBigIntegerField(default=0)
+    acked_at = models.DateTimeField(null=True, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    failures = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} at #{self.acked_seq}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import smtplib
 
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
+from django.conf import settings
 
+from . import checkpoints, siem
 from .notifications import WebhookError
 
 
@@ -105,3 +107,29 @@ def generate_report_pdf(job_id: int) -> str | None:
             raise
         return None
     return job.sha256
+
+
+@shared_task(name="clearway.audit_checkpoint")
+def audit_checkpoint() -> int | None:
+    """Sign the audit chain head and write it to the checkpoint sinks (beat, every
+    CLEARWAY_AUDIT_CHECKPOINT_INTERVAL seconds, and after each export). Without a signing key
+    configured there is nothing to do; returns the signed seq."""
+    if not settings.CLEARWAY.get("AUDIT_SIGNING_KEY"):
+        return None
+    row = checkpoints.make_checkpoint()
+    return row.seq if row else None
+
+
+@shared_task(name="clearway.stream_audit")
+def stream_audit() -> list[str]:
+    """Fan out one delivery task per configured SIEM destination (beat)."""
+    names = list(siem.destinations())
+    for name in names:
+        current_app.send_task("clearway.stream_audit_destination", args=[name])
+    return names
+
+
+@shared_task(name="clearway.stream_audit_destination")
+def stream_audit_destination(name: str) -> dict:
+    """Deliver the unacknowledged audit events to one destination (governance.siem)."""
+    return siem.deliver(name)
