@@ -1,0 +1,257 @@
+"""Signed audit checkpoints: signing, the directory sink, incremental verification from the
+latest checkpoint, and `verify_audit_log --checkpoints` catching a rewritten history."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from governance import audit, checkpoints
+from governance.models import AuditCheckpoint, AuditEvent
+
+from .audit_attack import rewrite_history
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def signing(settings, tmp_path):
+    key = checkpoints.generate_key(tmp_path / "keys" / "audit.pem")
+    sink_dir = tmp_path / "worm"
+    settings.CLEARWAY = {
+        **settings.CLEARWAY,
+        "AUDIT_SIGNING_KEY": str(key),
+        "AUDIT_PUBLIC_KEY": "",
+        "AUDIT_CHECKPOINT_SINKS": [str(sink_dir)],
+    }
+    return {"key": key, "public": checkpoints.public_path(key), "dir": sink_dir}
+
+
+def events(n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        audit.record("tester", "test.event", ("thing", i, f"thing {i}"), n=i)
+
+
+def test_a_checkpoint_is_signed_and_written_once_to_the_directory(signing):
+    events(5)
+    row = checkpoints.make_checkpoint()
+    head_seq, head_hash = audit.chain_head()
+    assert (row.seq, row.hash) == (head_seq, head_hash)
+    assert row.sinks == {f"dir:{signing['dir']}": "ok"}
+    files = list(signing["dir"].iterdir())
+    assert len(files) == 1
+    doc = json.loads(files[0].read_text())
+    assert doc["seq"] == head_seq and doc["hash"] == head_hash
+    cp = checkpoints.Checkpoint.from_document(doc)
+    assert cp.verifies(checkpoints.load_public_key())
+    # Nothing new: no second checkpoint, no second file.
+    assert checkpoints.make_checkpoint() is None
+    assert len(list(signing["dir"].iterdir())) == 1
+    # The private key never reaches the database.
+    pem = signing["key"].read_text()
+    secret = "".join(pem.splitlines()[1:-1])
+    for stored in AuditCheckpoint.objects.values_list("signature", "hash", "key_id", "sinks"):
+        assert secret not in json.dumps(stored)
+
+
+def test_an_auditor_verifies_a_checkpoint_with_openssl_alone(signing, tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    events(3)
+    checkpoints.make_checkpoint()
+    (file,) = signing["dir"].iterdir()
+    doc = json.loads(file.read_text())
+    (tmp_path / "payload").write_bytes(doc["payload"].encode())
+    (tmp_path / "sig").write_bytes(base64.b64decode(doc["signature"]))
+    verify = [openssl, "pkeyutl", "-verify", "-pubin", "-inkey", str(signing["public"])]
+    verify += ["-rawin", "-in", str(tmp_path / "payload"), "-sigfile", str(tmp_path / "sig")]
+    ok = subprocess.run(verify, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "Signature Verified Successfully" in ok.stdout
+    (tmp_path / "payload").write_bytes(doc["payload"].replace('"seq":3', '"seq":4').encode())
+    forged = subprocess.run(verify, capture_output=True, text=True)
+    assert forged.returncode != 0
+
+
+def test_verification_starts_from_the_latest_checkpoint(signing):
+    events(40)
+    checkpoints.make_checkpoint()
+    events(7, start=40)
+    result = checkpoints.verify()
+    assert result.ok
+    assert result.since_seq == 40
+    assert result.checked == 7  # O(rows since the checkpoint)
+    full = audit.verify()
+    assert full.ok and full.checked == 47 and full.since_seq == 0
+
+
+def test_a_row_changed_after_the_checkpoint_is_named(signing):
+    events(10)
+    checkpoints.make_checkpoint()
+    events(5, start=10)
+    AuditEvent.objects.filter(seq=13).update(actor_name="mallory")
+    result = checkpoints.verify()
+    assert not result.ok
+    assert result.first_broken_seq == 13
+    assert result.problem == "content does not match its hash"
+
+
+def test_a_forged_checkpoint_in_the_database_is_refused(signing):
+    events(4)
+    checkpoints.make_checkpoint()
+    AuditCheckpoint.objects.update(hash="f" * 64)
+    result = checkpoints.verify()
+    assert not result.ok
+    assert "signature does not verify" in result.problem
+
+
+def test_a_broken_chain_is_never_signed(signing):
+    events(6)
+    AuditEvent.objects.filter(seq=2).update(action="test.other")
+    with pytest.raises(checkpoints.CheckpointError, match="broken at #2"):
+        checkpoints.make_checkpoint()
+    assert not AuditCheckpoint.objects.exists()
+    assert not signing["dir"].exists() or not list(signing["dir"].iterdir())
+
+
+def test_the_owner_rewrite_is_caught_by_the_external_checkpoints(signing):
+    events(48)
+    checkpoints.make_checkpoint()  # at #48
+    events(12, start=48)
+    checkpoints.make_checkpoint()  # at #60
+    events(3, start=60)
+    # The attacker rewrites #49, re-chains every later row and the head, and removes the
+    # database's own checkpoints: the chain alone now verifies.
+    rewrite_history(49, details={"n": 4900})
+    AuditCheckpoint.objects.all().delete()
+    assert audit.verify().ok
+    assert checkpoints.verify().ok
+    with pytest.raises(CommandError) as caught:
+        call_command("verify_audit_log", "--checkpoints", str(signing["dir"]))
+    message = str(caught.value)
+    assert "DIVERGES" in message
+    assert "(#60)" in message and "rows #49..#60 were rewritten" in message
+    assert "1 checkpoints matched before it" in message
+
+
+def test_checkpoints_that_match_then_verify_only_the_new_rows(signing):
+    events(20)
+    checkpoints.make_checkpoint()
+    events(4, start=20)
+    out = StringIO()
+    call_command("verify_audit_log", "--checkpoints", str(signing["dir"]), stdout=out)
+    assert "1 checkpoints match (latest #20" in out.getvalue()
+    assert "4 events verified after #20" in out.getvalue()
+    full = StringIO()
+    call_command("verify_audit_log", "--checkpoints", str(signing["dir"]), "--full", stdout=full)
+    assert "24 events verified after #0" in full.getvalue()
+
+
+def test_the_command_verifies_incrementally_by_default(signing):
+    events(9)
+    call_command("verify_audit_log", "--make-checkpoint", stdout=StringIO())
+    events(2, start=9)
+    out = StringIO()
+    call_command("verify_audit_log", stdout=out)
+    assert "audit chain OK: 2 events since checkpoint #9" in out.getvalue()
+    out = StringIO()
+    call_command("verify_audit_log", "--full", stdout=out)
+    assert "audit chain OK: 11 events, head #11" in out.getvalue()
+
+
+def test_checkpoints_read_back_from_syslog_lines(signing, tmp_path):
+    events(3)
+    row = checkpoints.make_checkpoint()
+    text = checkpoints.Checkpoint.from_row(row).text()
+    log = tmp_path / "siem.log"
+    log.write_text(
+        "2026-12-04T10:00:00Z host clearway - audit - unrelated line\n"
+        f'2026-12-04T10:00:01Z host clearway - checkpoint [clearway@32473 seq="3"] {text}\n'
+    )
+    found, bad = checkpoints.read_checkpoints(checkpoints.sink(str(log)))
+    assert [cp.seq for cp in found] == [3] and bad == []
+    out = StringIO()
+    call_command("verify_audit_log", "--checkpoints", str(log), stdout=out)
+    assert "1 checkpoints match" in out.getvalue()
+
+
+def test_a_sink_that_fails_is_retried_on_the_next_round(signing, settings, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the sink's directory should be")
+    settings.CLEARWAY = {
+        **settings.CLEARWAY,
+        "AUDIT_CHECKPOINT_SINKS": [str(signing["dir"]), f"dir:{blocker}/sub"],
+    }
+    events(2)
+    row = checkpoints.make_checkpoint()
+    assert row.sinks[f"dir:{signing['dir']}"] == "ok"
+    assert row.sinks[f"dir:{blocker}/sub"] != "ok"
+    blocker.unlink()
+    assert checkpoints.retry_failed_sinks() == 1
+    row.refresh_from_db()
+    assert set(row.sinks.values()) == {"ok"}
+    assert len(list(Path(f"{blocker}/sub").iterdir())) == 1
+
+
+def test_without_a_key_nothing_is_signed_and_verification_is_full(settings):
+    settings.CLEARWAY = {**settings.CLEARWAY, "AUDIT_SIGNING_KEY": "", "AUDIT_PUBLIC_KEY": ""}
+    events(3)
+    with pytest.raises(checkpoints.CheckpointError, match="CLEARWAY_AUDIT_SIGNING_KEY"):
+        checkpoints.make_checkpoint()
+    result = checkpoints.verify()
+    assert result.ok and result.checked == 3 and result.since_seq == 0
+
+
+def test_the_demo_key_is_made_once_under_var(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    settings.CLEARWAY = {**settings.CLEARWAY, "AUDIT_SIGNING_KEY": "", "AUDIT_CHECKPOINT_SINKS": []}
+    path = checkpoints.ensure_demo_key()
+    assert path == tmp_path / "audit-signing-key.pem"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    first = path.read_bytes()
+    settings.CLEARWAY = {**settings.CLEARWAY, "AUDIT_SIGNING_KEY": ""}
+    assert checkpoints.ensure_demo_key().read_bytes() == first
+    assert settings.CLEARWAY["AUDIT_CHECKPOINT_SINKS"] == [str(tmp_path / "checkpoints")]
+
+
+def test_an_unknown_sink_says_what_is_accepted():
+    with pytest.raises(checkpoints.CheckpointError, match="s3://bucket/prefix"):
+        checkpoints.sink("ftp-ish")
+
+
+def test_an_export_verifies_from_the_checkpoint(
+    signing, django_capture_on_commit_callbacks, monkeypatch
+):
+    from celery import current_app
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from governance import reports
+
+    carl = get_user_model().objects.create_user("carl-cp")
+    carl.groups.add(Group.objects.get(name="compliance-manager"))
+    events(30)
+    row = checkpoints.make_checkpoint()
+    events(3, start=30)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        export = reports.export_audit(carl, {"format": "ndjson"})
+    lines = [json.loads(x) for x in b"".join(export.body).decode().splitlines()]
+    verification = next(x for x in lines if x["type"] == "verification")
+    assert verification["ok"] is True
+    assert verification["since_checkpoint_seq"] == row.seq
+    assert verification["checked"] == 4  # three events and the export's own row
+    # The export queues a checkpoint of its own (by task name, after commit).
+    assert reports.queue_checkpoint in callbacks
+    sent = []
+    monkeypatch.setattr(current_app, "send_task", lambda name, *a, **k: sent.append(name))
+    reports.queue_checkpoint()
+    assert sent == ["clearway.audit_checkpoint"]
