@@ -13,12 +13,14 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils.html import format_html
 
-from . import audit, policies, rego
+from . import audit, policies, rego, siem
 from .models import (
     Approval,
     ApprovalRule,
     AuditChainHead,
+    AuditCheckpoint,
     AuditEvent,
+    AuditStreamCursor,
     Environment,
     Gate,
     Override,
@@ -102,6 +104,56 @@ class AuditEventAdmin(ReadOnlyAdmin):
 @admin.register(AuditChainHead)
 class AuditChainHeadAdmin(ReadOnlyAdmin):
     list_display = ("seq", "hash")
+
+
+@admin.register(AuditCheckpoint)
+class AuditCheckpointAdmin(ReadOnlyAdmin):
+    """The signed checkpoints (governance.checkpoints) and which sinks took each one."""
+
+    list_display = ("seq", "at", "key_id", "short_hash", "sinks_state")
+    ordering = ("-seq",)
+    actions = None
+
+    @admin.display(description="hash")
+    def short_hash(self, cp: AuditCheckpoint) -> str:
+        return cp.hash[:12]
+
+    @admin.display(description="sinks")
+    def sinks_state(self, cp: AuditCheckpoint) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in cp.sinks.items()) or "none configured"
+
+
+@admin.register(AuditStreamCursor)
+class AuditStreamCursorAdmin(ReadOnlyAdmin):
+    """Each SIEM destination: what it acknowledged and how far behind the head it is."""
+
+    list_display = (
+        "name",
+        "acked_seq",
+        "lag_events",
+        "lag_seconds",
+        "acked_at",
+        "failures",
+        "last_error",
+    )
+    actions = None
+
+    def changelist_view(self, request, extra_context=None):
+        self._lag = {row["name"]: row for row in siem.lag()}
+        for name in self._lag:  # a destination not yet delivered to is listed too
+            AuditStreamCursor.objects.get_or_create(name=name)
+        return super().changelist_view(request, extra_context)
+
+    def _row(self, cursor: AuditStreamCursor) -> dict:
+        return getattr(self, "_lag", {}).get(cursor.name, {})
+
+    @admin.display(description="events behind")
+    def lag_events(self, cursor: AuditStreamCursor):
+        return self._row(cursor).get("lag_events", "not configured")
+
+    @admin.display(description="oldest unsent (s)")
+    def lag_seconds(self, cursor: AuditStreamCursor):
+        return self._row(cursor).get("lag_seconds", "")
 
 
 # --- policies ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, timedelta
@@ -151,7 +152,8 @@ class Destination:
                 headers["Authorization"] = f"Bearer {self.token}"
         headers["Content-Type"] = "application/json"
         try:
-            with httpx.Client(verify=self.ca or True, timeout=self.timeout) as client:
+            verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
+            with httpx.Client(verify=verify, timeout=self.timeout) as client:
                 response = client.post(self.url, content=body.encode(), headers=headers)
         except httpx.HTTPError as exc:
             raise StreamError(f"{self.url}: {exc.__class__.__name__}: {exc}") from exc
