@@ -1368,7 +1368,10 @@ def export_audit(user, params: Mapping) -> Export:
     # Rows up to the head as it is now; the export's own audit event comes right after.
     data_seq, _ = audit.chain_head()
     qs = audit_queryset(user, filters, up_to_seq=data_seq)
-    rows = {"events": qs.count()}
+    # Unfiltered, the rows are seq 1..data_seq (the chain has no gaps, and the trailer's
+    # verification and rows_written say so if it did): no COUNT(*) over millions of rows
+    # before the first byte.
+    rows = {"events": data_seq if filters == AuditFilters() else qs.count()}
     evidence = make_evidence(
         user,
         "audit-log",
