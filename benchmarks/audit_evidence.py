@@ -236,7 +236,9 @@ def write_results(report: dict) -> None:
             )
         if "full_verify" in r:
             f = r["full_verify"]
-            lines.append(f"- full verification (for contrast): {f['rows']:,} rows in {f['seconds']} s")
+            lines.append(
+                f"- full verification (for contrast): {f['rows']:,} rows in {f['seconds']} s"
+            )
         if "export" in r:
             e = r["export"]
             lines.append(

@@ -8,6 +8,7 @@ from datetime import UTC
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import permissions as drf_permissions
 from rest_framework import serializers, viewsets
@@ -16,7 +17,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from . import audit, checkpoints
-from .models import AuditEvent, Outcome
+from .models import AuditCheckpoint, AuditEvent, Outcome
 from .permissions import can_view_audit, restrict
 
 
@@ -150,6 +151,24 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
         if self.request.query_params.get("full") in ("1", "true", "yes"):
             return Response(audit.verify().as_dict())
         return Response(checkpoints.verify().as_dict())
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=False, methods=["get"])
+    def checkpoints(self, request):
+        """The public key that verifies the signed checkpoints (PEM, and its key_id) and the
+        latest 20 checkpoints as written to the sinks (docs/audit.md)."""
+        try:
+            key = checkpoints.load_public_key()
+        except checkpoints.CheckpointError as exc:
+            return Response({"message": str(exc)}, status=503)
+        latest = AuditCheckpoint.objects.order_by("-seq")[:20]
+        return Response(
+            {
+                "public_key": checkpoints.public_pem(key) if key else None,
+                "key_id": checkpoints.key_id(key) if key else None,
+                "checkpoints": [checkpoints.Checkpoint.from_row(r).document() for r in latest],
+            }
+        )
 
 
 def register(router) -> None:

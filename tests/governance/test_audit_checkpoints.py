@@ -255,3 +255,22 @@ def test_an_export_verifies_from_the_checkpoint(
     monkeypatch.setattr(current_app, "send_task", lambda name, *a, **k: sent.append(name))
     reports.queue_checkpoint()
     assert sent == ["clearway.audit_checkpoint"]
+
+
+def test_the_public_key_and_latest_checkpoints_are_published(signing, client):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    events(3)
+    row = checkpoints.make_checkpoint()
+    carl = get_user_model().objects.create_user("carl-key")
+    carl.groups.add(Group.objects.get(name="compliance-manager"))
+    client.force_login(carl)
+    body = client.get("/api/v1/audit-events/checkpoints/").json()
+    assert body["public_key"] == signing["public"].read_text()
+    assert body["checkpoints"][0]["seq"] == row.seq
+    cp = checkpoints.Checkpoint.from_document(body["checkpoints"][0])
+    assert cp.verifies(checkpoints.load_public_key())
+    viewer = get_user_model().objects.create_user("vic-key")
+    client.force_login(viewer)
+    assert client.get("/api/v1/audit-events/checkpoints/").status_code == 403
