@@ -274,3 +274,41 @@ def test_the_public_key_and_latest_checkpoints_are_published(signing, client):
     viewer = get_user_model().objects.create_user("vic-key")
     client.force_login(viewer)
     assert client.get("/api/v1/audit-events/checkpoints/").status_code == 403
+
+
+def test_the_auditors_python_check_in_the_docs_runs(signing, tmp_path):
+    """docs/audit.md's snippet, run as written against an export and the checkpoint files."""
+    import sys
+    import textwrap
+
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from governance import reports
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "audit.md").read_text()
+    section = docs.split("2. Recompute the chain", 1)[1]
+    code = textwrap.dedent(section.split("```python", 1)[1].split("```", 1)[0])
+    events(12)
+    checkpoints.make_checkpoint()
+    events(3, start=12)
+    carl = get_user_model().objects.create_user("carl-docs")
+    carl.groups.add(Group.objects.get(name="compliance-manager"))
+    export = reports.export_audit(carl, {"format": "ndjson"})
+    work = tmp_path / "auditor"
+    (work / "checkpoints").mkdir(parents=True)
+    (work / "clearway-audit.ndjson").write_bytes(b"".join(export.body))
+    shutil.copy(signing["public"], work / "audit-signing-key.pub.pem")
+    for f in signing["dir"].iterdir():
+        shutil.copy(f, work / "checkpoints" / f.name)
+    ran = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert "export matches every checkpoint it covers" in ran.stdout
+    # The same check fails on a rewritten export.
+    lines = (work / "clearway-audit.ndjson").read_text().splitlines()
+    record = json.loads(lines[5])
+    assert record["type"] == "event"
+    lines[5] = json.dumps({**record, "actor_name": "mallory"})
+    (work / "clearway-audit.ndjson").write_text("\n".join(lines) + "\n")
+    bad = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
+    assert bad.returncode != 0 and "AssertionError" in bad.stderr
