@@ -13,7 +13,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils.html import format_html
 
-from . import audit, policies, rego, siem
+from . import audit, notifications, policies, rego, siem
 from .models import (
     Approval,
     ApprovalRule,
@@ -23,6 +23,9 @@ from .models import (
     AuditStreamCursor,
     Environment,
     Gate,
+    NotificationChannel,
+    NotificationDelivery,
+    NotificationPreference,
     Override,
     Policy,
     PolicyDecision,
@@ -422,3 +425,71 @@ class ReportJobAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         return restrict(super().get_queryset(request), request.user, "view")
+
+
+# --- notifications -----------------------------------------------------------------------
+
+
+class NotificationChannelForm(forms.ModelForm):
+    class Meta:
+        model = NotificationChannel
+        fields = ["name", "environment", "url", "events", "enabled"]
+
+    def clean_url(self):
+        url = self.cleaned_data["url"].strip()
+        if not notifications.valid_url(url):
+            raise forms.ValidationError(
+                f"{notifications.mask(url)} is not an apprise URL: use e.g. "
+                "slack://TokenA/TokenB/TokenC, workflows://host/workflow/signature (Teams), "
+                "mailto://user:pass@example.org or jsons://host/path"
+            )
+        return url
+
+    def clean_events(self):
+        events = self.cleaned_data["events"] or []
+        unknown = [e for e in events if e not in notifications.KINDS]
+        if not isinstance(events, list) or unknown:
+            raise forms.ValidationError(
+                f"unknown kinds {unknown}; use a list of {', '.join(notifications.KINDS)}"
+            )
+        return events
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(admin.ModelAdmin):
+    """Apprise channels per environment. The list shows URLs masked (they hold tokens)."""
+
+    form = NotificationChannelForm
+    list_display = ("name", "environment", "masked_url", "events", "enabled")
+    list_filter = ("enabled", "environment")
+
+    @admin.display(description="URL")
+    def masked_url(self, channel: NotificationChannel) -> str:
+        return notifications.mask(channel.url)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        audit.record(
+            request.user,
+            "notification.channel_update" if change else "notification.channel_create",
+            obj,
+            environment=obj.environment.name if obj.environment else None,
+            url=notifications.mask(obj.url),
+            events=obj.events,
+            enabled=obj.enabled,
+        )
+
+
+@admin.register(NotificationPreference)
+class NotificationPreferenceAdmin(admin.ModelAdmin):
+    list_display = ("user", "email", "events")
+
+
+@admin.register(NotificationDelivery)
+class NotificationDeliveryAdmin(ReadOnlyAdmin):
+    """Every channel message and its outcome; failed ones are what admins act on."""
+
+    list_display = ("created_at", "kind", "gate", "target", "status", "attempts", "last_error")
+    list_filter = ("status", "kind")
+    ordering = ("-created_at",)
+    actions = None

@@ -8,7 +8,7 @@ from celery import Task, current_app, shared_task
 from django.conf import settings
 
 from . import checkpoints, siem
-from .notifications import WebhookError
+from .notifications import DeliveryError, WebhookError
 
 
 @shared_task(name="clearway.gate_housekeeping")
@@ -133,3 +133,41 @@ def stream_audit() -> list[str]:
 def stream_audit_destination(name: str) -> dict:
     """Deliver the unacknowledged audit events to one destination (governance.siem)."""
     return siem.deliver(name)
+
+
+@shared_task(name="clearway.notify_gate_channels")
+def notify_gate_channels(gate_id: int, kind: str) -> int:
+    """Create the apprise deliveries of a gate notification and queue each one."""
+    from . import notifications
+
+    ids = notifications.fan_out(gate_id, kind)
+    for delivery_id in ids:
+        deliver_notification.delay(delivery_id)
+    return len(ids)
+
+
+class DeliveryTask(Task):
+    """After the last retry the delivery is marked failed and audited; the gate is untouched."""
+
+    abstract = True
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        from . import notifications
+
+        notifications.delivery_failed(args[0], str(exc))
+
+
+@shared_task(
+    name="clearway.deliver_notification",
+    bind=True,
+    base=DeliveryTask,
+    autoretry_for=(DeliveryError,),
+    max_retries=5,
+    retry_backoff=5,  # 5, 10, 20, 40, 80 s (jittered)
+    retry_backoff_max=300,
+    retry_jitter=True,
+)
+def deliver_notification(self, delivery_id: int) -> bool:
+    from . import notifications
+
+    return notifications.deliver(delivery_id)
