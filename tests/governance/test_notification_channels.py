@@ -363,3 +363,33 @@ def test_mask_keeps_only_scheme_and_host():
     assert notifications.mask("slack://TA/TB/TC") == "slack://…"
     assert notifications.mask("mailto://u:secret@example.org?to=a@b") == "mailto://example.org/…"
     assert notifications.mask("jsons://127.0.0.1:8080") == "jsons://127.0.0.1:8080"
+
+
+def test_a_user_sets_preferences_on_their_page_and_the_url_is_never_shown_back(
+    approver, client
+):
+    client.force_login(approver)
+    page = client.get("/notifications/")
+    assert page.status_code == 200 and 'id="notification-preferences"' in page.content.decode()
+    bad = client.post("/notifications/", {"email": "on", "url": "nonsense://x"})
+    assert "not an apprise URL" in bad.content.decode()
+    assert not NotificationPreference.objects.exists()
+    saved = client.post("/notifications/", {"events": ["open", "rejected"], "url": SLACK_HOOK})
+    assert saved.status_code == 302
+    pref = NotificationPreference.objects.get(user=approver)
+    assert (pref.email, pref.events, pref.url) == (False, ["open", "rejected"], SLACK_HOOK)
+    html = client.get("/notifications/").content.decode()
+    assert "XXXXXXXX" not in html and "https://hooks.slack.com/…" in html
+    event = AuditEvent.objects.get(action="notification.preferences")
+    assert event.details == {
+        "email": False,
+        "events": ["open", "rejected"],
+        "personal_channel": "https://hooks.slack.com/…",
+    }
+    # Left empty, the URL is kept; "remove" clears it.
+    client.post("/notifications/", {"email": "on"})
+    pref.refresh_from_db()
+    assert pref.url == SLACK_HOOK and pref.email is True and pref.events == []
+    client.post("/notifications/", {"email": "on", "clear_url": "on"})
+    pref.refresh_from_db()
+    assert pref.url == ""
