@@ -83,21 +83,32 @@ def load_private_key(path: str | None = None) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key() -> Ed25519PublicKey | None:
-    """The verifying key: CLEARWAY_AUDIT_PUBLIC_KEY, else derived from the signing key; None
-    when neither is configured (verification then walks the whole chain)."""
-    path = _setting("AUDIT_PUBLIC_KEY")
-    if path:
-        try:
-            key = serialization.load_pem_public_key(Path(path).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"audit public key {path}: {exc}") from exc
-        if not isinstance(key, Ed25519PublicKey):
-            raise CheckpointError(f"audit public key {path}: not an Ed25519 key")
-        return key
+def _read_public(path: str) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"audit public key {path}: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise CheckpointError(f"audit public key {path}: not an Ed25519 key")
+    return key
+
+
+def load_public_keys() -> dict[str, Ed25519PublicKey]:
+    """Every key that may have signed a checkpoint, by key_id: the signing key's, and each
+    file in CLEARWAY_AUDIT_PUBLIC_KEY (comma-separated, so the keys of before a rotation
+    keep verifying the checkpoints they signed)."""
+    keys = [_read_public(p.strip()) for p in _setting("AUDIT_PUBLIC_KEY").split(",") if p.strip()]
     if _setting("AUDIT_SIGNING_KEY"):
-        return load_private_key().public_key()
-    return None
+        keys.insert(0, load_private_key().public_key())
+    return {key_id(k): k for k in keys}
+
+
+def load_public_key() -> Ed25519PublicKey | None:
+    """The current verifying key: the signing key's, else the first of
+    CLEARWAY_AUDIT_PUBLIC_KEY; None when neither is configured (verification then walks the
+    whole chain)."""
+    keys = load_public_keys()
+    return next(iter(keys.values()), None)
 
 
 def public_pem(key: Ed25519PublicKey) -> str:
@@ -186,7 +197,12 @@ class Checkpoint:
     def text(self) -> str:
         return json.dumps(self.document(), sort_keys=True, separators=(",", ":"))
 
-    def verifies(self, key: Ed25519PublicKey) -> bool:
+    def verifies(self, key: Ed25519PublicKey | dict[str, Ed25519PublicKey]) -> bool:
+        """Whether the signature holds, under `key` or (a dict) the key named by key_id."""
+        if isinstance(key, dict):
+            key = key.get(self.key_id)
+            if key is None:
+                return False
         try:
             key.verify(base64.b64decode(self.signature, validate=True), self.payload.encode())
         except (InvalidSignature, ValueError):
@@ -416,10 +432,8 @@ def make_checkpoint() -> AuditCheckpoint | None:
         return None
     result = verify(head_seq)
     if not result.ok:
-        raise CheckpointError(
-            f"audit chain broken at #{result.first_broken_seq} ({result.problem}): "
-            "not signing a checkpoint"
-        )
+        where = f"broken at #{result.first_broken_seq}" if result.first_broken_seq else "unverified"
+        raise CheckpointError(f"audit chain {where} ({result.problem}): not signing a checkpoint")
     cp = sign(head_seq, head_hash)
     assert cp.verifies(key.public_key())
     try:
@@ -454,8 +468,8 @@ def retry_failed_sinks(limit: int = 20) -> int:
 def trusted_checkpoint(up_to_seq: int | None = None) -> Checkpoint | None:
     """The latest checkpoint in the database at or below `up_to_seq` whose signature
     verifies. A row whose signature does not verify is forged: CheckpointError."""
-    key = load_public_key()
-    if key is None:
+    keys = load_public_keys()
+    if not keys:
         return None
     rows = AuditCheckpoint.objects.order_by("-seq")
     if up_to_seq is not None:
@@ -464,7 +478,7 @@ def trusted_checkpoint(up_to_seq: int | None = None) -> Checkpoint | None:
     if row is None:
         return None
     cp = Checkpoint.from_row(row)
-    if not cp.verifies(key):
+    if not cp.verifies(keys):
         raise CheckpointError(f"checkpoint #{cp.seq} in the database: signature does not verify")
     return cp
 
@@ -499,8 +513,8 @@ def verify_checkpoints(source, *, full: bool = False) -> SinkReport:
     """Check every checkpoint in `source` against the chain, in seq order, and stop at the
     first that does not match (a bad signature, a missing row, another hash). Then verify
     the chain itself from the latest matching external checkpoint (from row 1 if `full`)."""
-    key = load_public_key()
-    if key is None:
+    keys = load_public_keys()
+    if not keys:
         raise CheckpointError(
             "no public key to check checkpoints with: set CLEARWAY_AUDIT_PUBLIC_KEY"
         )
@@ -517,7 +531,12 @@ def verify_checkpoints(source, *, full: bool = False) -> SinkReport:
     for cp in found:
         db_hash = hashes.get(cp.seq)
         problem = ""
-        if not cp.verifies(key):
+        if cp.key_id not in keys:
+            problem = (
+                f"signed with key {cp.key_id}, which is not among the public keys "
+                "(add the old key to CLEARWAY_AUDIT_PUBLIC_KEY after a rotation)"
+            )
+        elif not cp.verifies(keys):
             problem = "its signature does not verify (forged or damaged checkpoint)"
         elif db_hash is None:
             problem = f"row #{cp.seq} is missing from the database"

@@ -312,3 +312,24 @@ def test_the_auditors_python_check_in_the_docs_runs(signing, tmp_path):
     (work / "clearway-audit.ndjson").write_text("\n".join(lines) + "\n")
     bad = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
     assert bad.returncode != 0 and "AssertionError" in bad.stderr
+
+
+def test_after_a_key_rotation_the_old_public_key_still_verifies_old_checkpoints(
+    signing, settings, tmp_path
+):
+    events(5)
+    checkpoints.make_checkpoint()
+    new_key = checkpoints.generate_key(tmp_path / "rotated" / "audit.pem")
+    settings.CLEARWAY = {**settings.CLEARWAY, "AUDIT_SIGNING_KEY": str(new_key)}
+    events(2, start=5)
+    # Rotated without keeping the old public key: nothing trusts the old checkpoints.
+    with pytest.raises(checkpoints.CheckpointError, match="unverified .*signature does not"):
+        checkpoints.make_checkpoint()
+    settings.CLEARWAY = {**settings.CLEARWAY, "AUDIT_PUBLIC_KEY": str(signing["public"])}
+    checkpoints.make_checkpoint()
+    report = checkpoints.verify_checkpoints(checkpoints.sink(str(signing["dir"])))
+    assert report.ok and report.checked == 2
+    assert checkpoints.verify().since_seq == report.latest_matching.seq
+    settings.CLEARWAY = {**settings.CLEARWAY, "AUDIT_PUBLIC_KEY": ""}
+    report = checkpoints.verify_checkpoints(checkpoints.sink(str(signing["dir"])))
+    assert not report.ok and "not among the public keys" in report.first_divergence

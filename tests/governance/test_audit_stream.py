@@ -174,3 +174,49 @@ def test_the_lag_is_in_healthz_and_on_the_admin_page(settings, receiver, client)
     assert "Events behind" in html
     shown = re.search(r'<td class="field-lag_events">(\d+)</td>', html)
     assert shown and int(shown.group(1)) >= 3  # and the sign-in, which is audited too
+
+
+def test_syslog_over_tls_waits_for_the_receiver_to_read_everything(tmp_path):
+    """The TLS path of governance.syslog against a local TLS receiver (the integration tests
+    use rsyslog over plain TCP): octet-counted frames, close_notify, then end of stream."""
+    import socket
+    import ssl
+
+    from governance import syslog
+    from tests.tls import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    got = []
+
+    def serve():
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            data = b""
+            while True:
+                try:
+                    chunk = tls.recv(65536)
+                except ssl.SSLZeroReturnError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            got.append(data)
+            tls.unwrap()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    messages = [syslog.message(f"event {i}", msgid="audit", params={"seq": i}) for i in (1, 2)]
+    syslog.Sender(f"syslog+tls://127.0.0.1:{port}?ca={cert}", timeout=10).send(messages)
+    thread.join(10)
+    listener.close()
+    (data,) = got
+    first_len, rest = data.split(b" ", 1)
+    assert rest[: int(first_len)] == messages[0]
+    assert data.endswith(messages[1])
+    assert b'[clearway@32473 seq="2"] event 2' in data
+    with pytest.raises(syslog.SyslogError, match="ConnectionRefusedError"):
+        syslog.Sender(f"syslog+tls://127.0.0.1:{port}?ca={cert}", timeout=2).send(messages)

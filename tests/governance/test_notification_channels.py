@@ -365,9 +365,7 @@ def test_mask_keeps_only_scheme_and_host():
     assert notifications.mask("jsons://127.0.0.1:8080") == "jsons://127.0.0.1:8080"
 
 
-def test_a_user_sets_preferences_on_their_page_and_the_url_is_never_shown_back(
-    approver, client
-):
+def test_a_user_sets_preferences_on_their_page_and_the_url_is_never_shown_back(approver, client):
     client.force_login(approver)
     page = client.get("/notifications/")
     assert page.status_code == 200 and 'id="notification-preferences"' in page.content.decode()
