@@ -6,4 +6,4 @@ class GovernanceConfig(AppConfig):
     verbose_name = "Governance"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (login audit, permission-change audit)
+        from . import checks, signals  # noqa: F401  (system checks; login and permission audit)

@@ -333,3 +333,23 @@ def test_after_a_key_rotation_the_old_public_key_still_verifies_old_checkpoints(
     settings.CLEARWAY = {**settings.CLEARWAY, "AUDIT_PUBLIC_KEY": ""}
     report = checkpoints.verify_checkpoints(checkpoints.sink(str(signing["dir"])))
     assert not report.ok and "not among the public keys" in report.first_divergence
+
+
+def test_bad_evidence_settings_fail_the_system_check(settings, tmp_path):
+    from governance.checks import audit_evidence_settings
+
+    settings.CLEARWAY = {
+        **settings.CLEARWAY,
+        "AUDIT_SIGNING_KEY": str(tmp_path / "missing.pem"),
+        "AUDIT_CHECKPOINT_SINKS": ["relative-nonsense"],
+        "AUDIT_STREAMS": [{"name": "x", "url": "https://siem", "format": "xml"}],
+    }
+    ids = sorted(p.id for p in audit_evidence_settings())
+    assert ids == ["clearway.E101", "clearway.E102", "clearway.E103"]
+    settings.CLEARWAY = {
+        **settings.CLEARWAY,
+        "AUDIT_SIGNING_KEY": str(checkpoints.generate_key(tmp_path / "k.pem")),
+        "AUDIT_CHECKPOINT_SINKS": [],
+        "AUDIT_STREAMS": [],
+    }
+    assert [p.id for p in audit_evidence_settings()] == ["clearway.W101"]
