@@ -486,8 +486,9 @@ def trusted_checkpoint(up_to_seq: int | None = None) -> Checkpoint | None:
 def verify(up_to_seq: int | None = None) -> audit.VerifyResult:
     """Incremental verification: from the latest trusted checkpoint to `up_to_seq` (the head
     by default). Without a key or a checkpoint, the whole chain."""
+    limit = audit.chain_head()[0] if up_to_seq is None else up_to_seq
     try:
-        cp = trusted_checkpoint(up_to_seq)
+        cp = trusted_checkpoint(limit)  # never one past the head (e.g. after a restore)
     except CheckpointError as exc:
         head_seq, head_hash = audit.chain_head()
         return audit.VerifyResult(False, 0, head_seq, head_hash, None, str(exc))

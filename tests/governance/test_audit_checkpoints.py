@@ -353,3 +353,21 @@ def test_bad_evidence_settings_fail_the_system_check(settings, tmp_path):
         "AUDIT_STREAMS": [],
     }
     assert [p.id for p in audit_evidence_settings()] == ["clearway.W101"]
+
+
+def test_a_checkpoint_past_the_head_is_not_a_starting_point(signing):
+    """After a restore from an older backup the index may hold checkpoints beyond the head:
+    verification starts from one at or below it (and --checkpoints reports the lost rows)."""
+    events(4)
+    first = checkpoints.make_checkpoint()
+    events(3, start=4)
+    later = checkpoints.make_checkpoint()
+    from governance.models import AuditChainHead
+
+    AuditEvent.objects.filter(seq__gt=first.seq).delete()
+    AuditChainHead.objects.filter(pk=1).update(seq=first.seq, hash=first.hash)
+    result = checkpoints.verify()
+    assert result.ok and result.since_seq == first.seq
+    report = checkpoints.verify_checkpoints(checkpoints.sink(str(signing["dir"])))
+    assert not report.ok
+    assert f"row #{later.seq} is missing from the database" in report.first_divergence
