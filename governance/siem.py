@@ -43,7 +43,7 @@ from .models import AuditEvent, AuditStreamCursor
 
 logger = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120
+LEASE_SECONDS = 120  # > the time budget of one delivery plus one batch's timeout
 MAX_BACKOFF_SECONDS = 300
 FORMATS = ("splunk", "generic", "syslog")
 
@@ -190,7 +190,7 @@ def deliver(name: str, *, time_budget: float = 60.0, ignore_backoff: bool = Fals
     claimed = (
         AuditStreamCursor.objects.filter(pk=cursor.pk)
         .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
-        .update(leased_until=now + timedelta(seconds=LEASE_SECONDS), last_attempt_at=now)
+        .update(leased_until=(lease := now + timedelta(seconds=LEASE_SECONDS)), last_attempt_at=now)
     )
     if claimed != 1:
         return {"destination": name, "status": "busy", "acked_seq": cursor.acked_seq}
@@ -207,24 +207,32 @@ def deliver(name: str, *, time_budget: float = 60.0, ignore_backoff: bool = Fals
                 break
             dest.send(rows)
             last = rows[-1].seq
-            AuditStreamCursor.objects.filter(pk=cursor.pk, acked_seq=acked).update(
+            # The lease's expiry doubles as our claim's token: only the holder moves the cursor.
+            renewed = timezone.now() + timedelta(seconds=LEASE_SECONDS)
+            moved = AuditStreamCursor.objects.filter(
+                pk=cursor.pk, acked_seq=acked, leased_until=lease
+            ).update(
                 acked_seq=last,
                 acked_at=timezone.now(),
                 last_error="",
                 failures=0,
-                leased_until=timezone.now() + timedelta(seconds=LEASE_SECONDS),
+                leased_until=renewed,
             )
+            lease = renewed
+            if moved != 1:  # our lease ran out and another worker moved on: stop here
+                status = "lease lost"
+                break
             acked, sent = last, sent + len(rows)
         else:
             status = "time budget spent"
     except StreamError as exc:
         logger.warning("audit stream %s: %s (acknowledged up to #%s)", name, exc, acked)
-        AuditStreamCursor.objects.filter(pk=cursor.pk).update(
+        AuditStreamCursor.objects.filter(pk=cursor.pk, leased_until=lease).update(
             last_error=str(exc)[:2000], failures=cursor.failures + 1
         )
         status = "failed"
     finally:
-        AuditStreamCursor.objects.filter(pk=cursor.pk).update(leased_until=None)
+        AuditStreamCursor.objects.filter(pk=cursor.pk, leased_until=lease).update(leased_until=None)
     return {"destination": name, "status": status, "sent": sent, "acked_seq": acked}
 
 
