@@ -29,6 +29,7 @@ shows how to check it with openssl alone.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,6 +41,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import httpx
+import rfc3161_client
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -168,6 +172,9 @@ class Checkpoint:
     key_id: str
     signature: str  # base64
     source: str = field(default="", compare=False)  # where it was read from (a file name)
+    # An RFC 3161 timestamp token (base64 DER TimeStampResp) over the signature's bytes, from
+    # the TSA at CLEARWAY_AUDIT_TSA_URL: a third party's proof of when it was signed.
+    timestamp: str = field(default="", compare=False)
 
     @property
     def payload(self) -> str:
@@ -192,6 +199,7 @@ class Checkpoint:
             "key_id": self.key_id,
             "payload": self.payload,
             "signature": self.signature,
+            **({"timestamp": self.timestamp} if self.timestamp else {}),
         }
 
     def text(self) -> str:
@@ -221,6 +229,7 @@ class Checkpoint:
                 key_id=str(signed["key_id"]),
                 signature=str(doc["signature"]),
                 source=source,
+                timestamp=str(doc.get("timestamp") or ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source or 'checkpoint'}: not a checkpoint ({exc})") from exc
@@ -233,7 +242,13 @@ class Checkpoint:
 
     @classmethod
     def from_row(cls, row: AuditCheckpoint) -> Checkpoint:
-        return cls(row.seq, row.hash, row.at, row.key_id, row.signature, f"database #{row.pk}")
+        return cls(
+            row.seq, row.hash, row.at, row.key_id, row.signature, f"database #{row.pk}",
+            row.timestamp,
+        )  # fmt: skip
+
+    def signature_bytes(self) -> bytes:
+        return base64.b64decode(self.signature)
 
 
 def sign(seq: int, hash_: str, *, at: datetime | None = None) -> Checkpoint:
@@ -242,6 +257,59 @@ def sign(seq: int, hash_: str, *, at: datetime | None = None) -> Checkpoint:
     unsigned = Checkpoint(seq, hash_, when, key_id(key.public_key()), "")
     signature = base64.b64encode(key.sign(unsigned.payload.encode())).decode()
     return Checkpoint(seq, hash_, when, unsigned.key_id, signature)
+
+
+# --- RFC 3161 timestamps (optional) ------------------------------------------------------
+
+
+def request_timestamp(message: bytes, url: str | None = None) -> str:
+    """Ask the TSA for a timestamp token over `message` (SHA-256 imprint, with a nonce and
+    the TSA's certificate); returns the response, DER, base64. CheckpointError on failure."""
+    url = url or _setting("AUDIT_TSA_URL")
+    request = (
+        rfc3161_client.TimestampRequestBuilder()
+        .data(message)
+        .nonce(nonce=True)
+        .cert_request(cert_request=True)
+        .build()
+    )
+    try:
+        response = httpx.post(
+            url,
+            content=request.as_bytes(),
+            headers={"Content-Type": "application/timestamp-query"},
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        raise CheckpointError(f"TSA {url}: {exc.__class__.__name__}: {exc}") from exc
+    if response.status_code != 200:
+        raise CheckpointError(f"TSA {url}: HTTP {response.status_code}")
+    try:
+        decoded = rfc3161_client.decode_timestamp_response(response.content)
+    except ValueError as exc:
+        raise CheckpointError(f"TSA {url}: not a timestamp response ({exc})") from exc
+    if decoded.status not in (0, 1):  # granted, granted with modifications
+        raise CheckpointError(f"TSA {url}: refused (PKIStatus {decoded.status})")
+    if decoded.tst_info.nonce != request.nonce:
+        raise CheckpointError(f"TSA {url}: the answer is not for this request (nonce)")
+    return base64.b64encode(response.content).decode()
+
+
+def verify_timestamp(cp: Checkpoint) -> str:
+    """'' when the checkpoint's timestamp verifies under CLEARWAY_AUDIT_TSA_CA (a PEM bundle
+    of the TSA's root certificates), else what is wrong."""
+    ca = _setting("AUDIT_TSA_CA")
+    if not ca:
+        return "no CLEARWAY_AUDIT_TSA_CA to check its timestamp with"
+    try:
+        roots = x509.load_pem_x509_certificates(Path(ca).read_bytes())
+        response = rfc3161_client.decode_timestamp_response(base64.b64decode(cp.timestamp))
+        rfc3161_client.VerifierBuilder(roots=roots).build().verify_message(
+            response, cp.signature_bytes()
+        )
+    except (OSError, ValueError, rfc3161_client.VerificationError) as exc:
+        return f"its RFC 3161 timestamp does not verify ({exc})"
+    return ""
 
 
 # --- sinks --------------------------------------------------------------------------------
@@ -436,10 +504,20 @@ def make_checkpoint() -> AuditCheckpoint | None:
         raise CheckpointError(f"audit chain {where} ({result.problem}): not signing a checkpoint")
     cp = sign(head_seq, head_hash)
     assert cp.verifies(key.public_key())
+    if _setting("AUDIT_TSA_URL"):
+        try:
+            cp = dataclasses.replace(cp, timestamp=request_timestamp(cp.signature_bytes()))
+        except CheckpointError as exc:  # the signature stands without it; said in the log
+            logger.warning("audit checkpoint #%s: no RFC 3161 timestamp: %s", cp.seq, exc)
     try:
         with transaction.atomic():
             row = AuditCheckpoint.objects.create(
-                seq=cp.seq, hash=cp.hash, at=cp.at, key_id=cp.key_id, signature=cp.signature
+                seq=cp.seq,
+                hash=cp.hash,
+                at=cp.at,
+                key_id=cp.key_id,
+                signature=cp.signature,
+                timestamp=cp.timestamp,
             )
     except IntegrityError:  # another worker signed this head at the same moment
         return None
@@ -503,6 +581,7 @@ class SinkReport:
     ok: bool
     source: str
     checked: int = 0
+    timestamped: int = 0  # of those, how many carried an RFC 3161 timestamp that verified
     latest_matching: Checkpoint | None = None
     first_divergence: str = ""
     first_bad_seq: int | None = None
@@ -539,6 +618,8 @@ def verify_checkpoints(source, *, full: bool = False) -> SinkReport:
             )
         elif not cp.verifies(keys):
             problem = "its signature does not verify (forged or damaged checkpoint)"
+        elif cp.timestamp and _setting("AUDIT_TSA_CA"):
+            problem = verify_timestamp(cp)
         elif db_hash is None:
             problem = f"row #{cp.seq} is missing from the database"
         elif db_hash != cp.hash:
@@ -556,6 +637,7 @@ def verify_checkpoints(source, *, full: bool = False) -> SinkReport:
             report.first_divergence = f"checkpoint {cp.source} (#{cp.seq}): {problem}"
             return report
         report.checked += 1
+        report.timestamped += bool(cp.timestamp and _setting("AUDIT_TSA_CA"))
         report.latest_matching = cp
         previous = cp.seq
     start = None if full else (report.latest_matching.seq, report.latest_matching.hash)

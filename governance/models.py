@@ -357,6 +357,7 @@ class AuditCheckpoint(models.Model):
     at = models.CharField(max_length=40)  # exactly the signed text (ISO 8601, UTC)
     key_id = models.CharField(max_length=64)
     signature = models.CharField(max_length=128)  # base64 of the 64-byte Ed25519 signature
+    timestamp = models.TextField(blank=True)  # RFC 3161 token over the signature, base64 DER
     created_at = models.DateTimeField(auto_now_add=True)
     # sink name -> "ok" or the last error, so a sink that was down can be written later.
     sinks = models.JSONField(default=dict, blank=True)

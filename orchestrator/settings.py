@@ -298,6 +298,9 @@ CLEARWAY = {
     "AUDIT_PUBLIC_KEY": env.str("CLEARWAY_AUDIT_PUBLIC_KEY", default=""),
     "AUDIT_CHECKPOINT_SINKS": env.list("CLEARWAY_AUDIT_CHECKPOINT_SINKS", default=[]),
     "AUDIT_CHECKPOINT_INTERVAL": env.float("CLEARWAY_AUDIT_CHECKPOINT_INTERVAL", default=300.0),
+    # Optional RFC 3161 timestamps of checkpoints: the TSA's URL, and its root certificates.
+    "AUDIT_TSA_URL": env.str("CLEARWAY_AUDIT_TSA_URL", default=""),
+    "AUDIT_TSA_CA": env.str("CLEARWAY_AUDIT_TSA_CA", default=""),
     # Audit streaming to SIEMs (docs/audit.md): a JSON list of destinations.
     "AUDIT_STREAMS": env.json("CLEARWAY_AUDIT_STREAMS", default=[]),
     "AUDIT_STREAM_INTERVAL": env.float("CLEARWAY_AUDIT_STREAM_INTERVAL", default=10.0),

@@ -371,3 +371,125 @@ def test_a_checkpoint_past_the_head_is_not_a_starting_point(signing):
     report = checkpoints.verify_checkpoints(checkpoints.sink(str(signing["dir"])))
     assert not report.ok
     assert f"row #{later.seq} is missing from the database" in report.first_divergence
+
+
+TSA_CONF = """[ tsa ]
+default_tsa = tsa_config
+[ tsa_config ]
+serial = {dir}/serial
+signer_digest = sha256
+default_policy = 1.2.3.4.1
+digests = sha256, sha384, sha512
+accuracy = secs:1
+ordering = no
+tsa_name = no
+ess_cert_id_chain = no
+ess_cert_id_alg = sha256
+"""
+
+
+@pytest.fixture
+def tsa(tmp_path):
+    """A time-stamping authority on 127.0.0.1: an HTTP endpoint answering each query with
+    `openssl ts -reply`, its certificate (EKU timeStamping) issued by a test root."""
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("openssl is required in CI", pytrace=False)
+        pytest.skip("openssl is not installed")
+    d = tmp_path / "tsa"
+    d.mkdir()
+    (d / "serial").write_text("01\n")
+    (d / "tsa.cnf").write_text(TSA_CONF.format(dir=d))
+    (d / "ext.cnf").write_text(
+        "extendedKeyUsage=critical,timeStamping\nbasicConstraints=CA:FALSE\n"
+    )
+
+    def run(*args):
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=t-root",
+        "-days",
+        "1",
+    )
+    run("req", *ec, "-keyout", "tsa.key", "-out", "tsa.csr", "-subj", "/CN=t-tsa")
+    run("x509", "-req", "-in", "tsa.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "tsa.crt", "-days", "1", "-extfile", "ext.cnf")  # fmt: skip
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            query = self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                (d / "q.tsq").write_bytes(query)
+                run("ts", "-reply", "-config", "tsa.cnf", "-queryfile", "q.tsq", "-inkey",
+                    "tsa.key", "-signer", "tsa.crt", "-out", "r.tsr")  # fmt: skip
+                reply = (d / "r.tsr").read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/timestamp-reply")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield {"url": f"http://127.0.0.1:{server.server_port}/tsa", "ca": d / "ca.crt", "dir": d}
+    server.shutdown()
+    server.server_close()
+
+
+def test_checkpoints_carry_an_rfc3161_timestamp_that_openssl_verifies(
+    signing, settings, tsa, tmp_path
+):
+    settings.CLEARWAY = {
+        **settings.CLEARWAY,
+        "AUDIT_TSA_URL": tsa["url"],
+        "AUDIT_TSA_CA": str(tsa["ca"]),
+    }
+    events(4)
+    row = checkpoints.make_checkpoint()
+    assert row.timestamp
+    (file,) = signing["dir"].iterdir()
+    doc = json.loads(file.read_text())
+    assert doc["timestamp"] == row.timestamp
+    report = checkpoints.verify_checkpoints(checkpoints.sink(str(signing["dir"])))
+    assert report.ok and report.timestamped == 1
+    # The auditor's check with openssl alone (docs/audit.md).
+    (tmp_path / "token.tsr").write_bytes(base64.b64decode(doc["timestamp"]))
+    (tmp_path / "signature").write_bytes(base64.b64decode(doc["signature"]))
+    ok = subprocess.run(
+        ["openssl", "ts", "-verify", "-in", str(tmp_path / "token.tsr"), "-data",
+         str(tmp_path / "signature"), "-CAfile", str(tsa["ca"])],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert ok.returncode == 0 and "Verification: OK" in ok.stdout, ok.stdout + ok.stderr
+    # A timestamp moved onto another checkpoint does not verify.
+    events(2, start=4)
+    other = checkpoints.make_checkpoint()
+    forged = checkpoints.Checkpoint.from_row(other)
+    forged = checkpoints.Checkpoint(**{**forged.__dict__, "timestamp": row.timestamp})
+    assert "does not verify" in checkpoints.verify_timestamp(forged)
+
+
+def test_a_tsa_that_is_down_does_not_stop_the_checkpoint(signing, settings):
+    settings.CLEARWAY = {**settings.CLEARWAY, "AUDIT_TSA_URL": "http://127.0.0.1:9/tsa"}
+    events(2)
+    row = checkpoints.make_checkpoint()
+    assert row is not None and row.timestamp == "" and set(row.sinks.values()) == {"ok"}
