@@ -46,7 +46,13 @@ class HttpsReceiver:
     def events(self) -> list[dict]:
         if not self.out.exists():
             return []
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line]
+        events = []
+        for line in self.out.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:  # torn by the kill: never acknowledged, so it is resent
+                continue
+        return events
 
 
 class Rsyslog:
