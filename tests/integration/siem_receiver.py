@@ -34,6 +34,8 @@ def main() -> None:
     port, cert, key, out_path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     token = sys.argv[5] if len(sys.argv) > 5 else ""
     out = open(out_path, "a", encoding="utf-8")  # noqa: SIM115
+    if out.tell() and not open(out_path, "rb").read()[-1:] == b"\n":  # noqa: SIM115
+        out.write("\n")  # a line torn by the previous process's kill stays on its own
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
