@@ -265,14 +265,17 @@ def fan_out(gate_id: int, kind: str) -> list[int]:
     )
     for channel in channels:
         if not channel.events or kind in channel.events:
-            rows.append(NotificationDelivery(kind=kind, gate=gate, channel=channel))
+            rows.append(
+                NotificationDelivery(
+                    kind=kind, gate=gate, channel=channel, target=mask(channel.url)[:255]
+                )
+            )
     for user in recipient_users(gate, kind):
         pref = user.notification_preference
         if pref is not None and pref.url.strip():
-            rows.append(NotificationDelivery(kind=kind, gate=gate, user=user))
-    for row in rows:
-        url = row.channel.url if row.channel else row.user.notification_pref.url
-        row.target = mask(url)[:255]
+            rows.append(
+                NotificationDelivery(kind=kind, gate=gate, user=user, target=mask(pref.url)[:255])
+            )
     return [row.pk for row in NotificationDelivery.objects.bulk_create(rows)]
 
 
