@@ -13,14 +13,19 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils.html import format_html
 
-from . import actions, policies, rego
+from . import actions, audit, notifications, policies, rego, siem
 from .models import (
     Approval,
     ApprovalRule,
     AuditChainHead,
+    AuditCheckpoint,
     AuditEvent,
+    AuditStreamCursor,
     Environment,
     Gate,
+    NotificationChannel,
+    NotificationDelivery,
+    NotificationPreference,
     Override,
     Policy,
     PolicyDecision,
@@ -102,6 +107,56 @@ class AuditEventAdmin(ReadOnlyAdmin):
 @admin.register(AuditChainHead)
 class AuditChainHeadAdmin(ReadOnlyAdmin):
     list_display = ("seq", "hash")
+
+
+@admin.register(AuditCheckpoint)
+class AuditCheckpointAdmin(ReadOnlyAdmin):
+    """The signed checkpoints (governance.checkpoints) and which sinks took each one."""
+
+    list_display = ("seq", "at", "key_id", "short_hash", "sinks_state")
+    ordering = ("-seq",)
+    actions = None
+
+    @admin.display(description="hash")
+    def short_hash(self, cp: AuditCheckpoint) -> str:
+        return cp.hash[:12]
+
+    @admin.display(description="sinks")
+    def sinks_state(self, cp: AuditCheckpoint) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in cp.sinks.items()) or "none configured"
+
+
+@admin.register(AuditStreamCursor)
+class AuditStreamCursorAdmin(ReadOnlyAdmin):
+    """Each SIEM destination: what it acknowledged and how far behind the head it is."""
+
+    list_display = (
+        "name",
+        "acked_seq",
+        "lag_events",
+        "lag_seconds",
+        "acked_at",
+        "failures",
+        "last_error",
+    )
+    actions = None
+
+    def changelist_view(self, request, extra_context=None):
+        self._lag = {row["name"]: row for row in siem.lag()}
+        for name in self._lag:  # a destination not yet delivered to is listed too
+            AuditStreamCursor.objects.get_or_create(name=name)
+        return super().changelist_view(request, extra_context)
+
+    def _row(self, cursor: AuditStreamCursor) -> dict:
+        return getattr(self, "_lag", {}).get(cursor.name, {})
+
+    @admin.display(description="events behind")
+    def lag_events(self, cursor: AuditStreamCursor):
+        return self._row(cursor).get("lag_events", "not configured")
+
+    @admin.display(description="oldest unsent (s)")
+    def lag_seconds(self, cursor: AuditStreamCursor):
+        return self._row(cursor).get("lag_seconds", "")
 
 
 # --- policies ----------------------------------------------------------------------------
@@ -376,3 +431,71 @@ class ReportJobAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         return restrict(super().get_queryset(request), request.user, "view")
+
+
+# --- notifications -----------------------------------------------------------------------
+
+
+class NotificationChannelForm(forms.ModelForm):
+    class Meta:
+        model = NotificationChannel
+        fields = ["name", "environment", "url", "events", "enabled"]
+
+    def clean_url(self):
+        url = self.cleaned_data["url"].strip()
+        if not notifications.valid_url(url):
+            raise forms.ValidationError(
+                f"{notifications.mask(url)} is not an apprise URL: use e.g. "
+                "slack://TokenA/TokenB/TokenC, workflows://host/workflow/signature (Teams), "
+                "mailto://user:pass@example.org or jsons://host/path"
+            )
+        return url
+
+    def clean_events(self):
+        events = self.cleaned_data["events"] or []
+        unknown = [e for e in events if e not in notifications.KINDS]
+        if not isinstance(events, list) or unknown:
+            raise forms.ValidationError(
+                f"unknown kinds {unknown}; use a list of {', '.join(notifications.KINDS)}"
+            )
+        return events
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(admin.ModelAdmin):
+    """Apprise channels per environment. The list shows URLs masked (they hold tokens)."""
+
+    form = NotificationChannelForm
+    list_display = ("name", "environment", "masked_url", "events", "enabled")
+    list_filter = ("enabled", "environment")
+
+    @admin.display(description="URL")
+    def masked_url(self, channel: NotificationChannel) -> str:
+        return notifications.mask(channel.url)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        audit.record(
+            request.user,
+            "notification.channel_update" if change else "notification.channel_create",
+            obj,
+            environment=obj.environment.name if obj.environment else None,
+            url=notifications.mask(obj.url),
+            events=obj.events,
+            enabled=obj.enabled,
+        )
+
+
+@admin.register(NotificationPreference)
+class NotificationPreferenceAdmin(admin.ModelAdmin):
+    list_display = ("user", "email", "events")
+
+
+@admin.register(NotificationDelivery)
+class NotificationDeliveryAdmin(ReadOnlyAdmin):
+    """Every channel message and its outcome; failed ones are what admins act on."""
+
+    list_display = ("created_at", "kind", "gate", "target", "status", "attempts", "last_error")
+    list_filter = ("status", "kind")
+    ordering = ("-created_at",)
+    actions = None

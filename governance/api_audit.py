@@ -4,15 +4,16 @@ it; everyone else gets 403 (the log's existence is no secret, its content is).""
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import permissions as drf_permissions
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from . import audit
+from . import audit, checkpoints
 from .filters import AuditEventFilter
-from .models import AuditEvent
+from .models import AuditCheckpoint, AuditEvent
 from .permissions import can_view_audit, restrict
 
 
@@ -56,6 +57,7 @@ VerifySerializer = inline_serializer(
         ),
         "first_broken_seq": serializers.IntegerField(allow_null=True),
         "problem": serializers.CharField(),
+        "since_seq": serializers.IntegerField(),
     },
 )
 
@@ -79,9 +81,30 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(responses=VerifySerializer)
     @action(detail=False, methods=["get"])
     def verify(self, request):
-        """Recompute the whole chain; `ok` is false and `first_broken_seq` names the first row
-        that does not match when the log was altered."""
-        return Response(audit.verify().as_dict())
+        """Recompute the chain from the latest signed checkpoint (`since_seq`; from the first
+        row with `?full=true`); `ok` is false and `first_broken_seq` names the first row that
+        does not match when the log was altered."""
+        if self.request.query_params.get("full") in ("1", "true", "yes"):
+            return Response(audit.verify().as_dict())
+        return Response(checkpoints.verify().as_dict())
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=False, methods=["get"])
+    def checkpoints(self, request):
+        """The public key that verifies the signed checkpoints (PEM, and its key_id) and the
+        latest 20 checkpoints as written to the sinks (docs/audit.md)."""
+        try:
+            key = checkpoints.load_public_key()
+        except checkpoints.CheckpointError as exc:
+            return Response({"message": str(exc)}, status=503)
+        latest = AuditCheckpoint.objects.order_by("-seq")[:20]
+        return Response(
+            {
+                "public_key": checkpoints.public_pem(key) if key else None,
+                "key_id": checkpoints.key_id(key) if key else None,
+                "checkpoints": [checkpoints.Checkpoint.from_row(r).document() for r in latest],
+            }
+        )
 
 
 def register(router) -> None:

@@ -10,6 +10,7 @@ class GovernanceConfig(AppConfig):
         # Start-up imports (the documented exception to "no import inside a function"):
         # models cannot be imported before the app registry is ready.
         from . import (
+            checks,  # noqa: F401  (system checks of the audit evidence settings)
             permissions,  # noqa: F401  (registers the rule set of .restrict())
             rego,
             signals,  # noqa: F401  (login audit, permission-change audit)

@@ -170,6 +170,7 @@ class VerifyResult:
     head_hash: str
     first_broken_seq: int | None = None
     problem: str = ""
+    since_seq: int = 0  # rows 1..since_seq were taken as verified (a trusted checkpoint)
 
     def as_dict(self) -> dict:
         return {
@@ -178,6 +179,7 @@ class VerifyResult:
             "head": {"seq": self.head_seq, "hash": self.head_hash},
             "first_broken_seq": self.first_broken_seq,
             "problem": self.problem,
+            "since_seq": self.since_seq,
         }
 
 
@@ -186,30 +188,40 @@ def chain_head() -> tuple[int, str]:
     return (head.seq, head.hash) if head else (0, GENESIS_HASH)
 
 
-def verify(up_to_seq: int | None = None) -> VerifyResult:
-    """Recompute the chain from the first row; name the first row that does not match."""
+def verify(up_to_seq: int | None = None, *, since: tuple[int, str] | None = None) -> VerifyResult:
+    """Recompute the chain and name the first row that does not match: from the first row,
+    or — `since=(seq, hash)`, a trusted checkpoint (governance.checkpoints) — from the row
+    after `seq`, once row `seq` is shown to still have that hash. Costs O(rows verified)."""
     head_seq, head_hash = chain_head()
     limit = head_seq if up_to_seq is None else min(up_to_seq, head_seq)
-    prev_hash, expected_seq, checked = GENESIS_HASH, 1, 0
-    rows = AuditEvent.objects.filter(seq__lte=limit).order_by("seq").iterator(chunk_size=2000)
+    start_seq, prev_hash = since if since else (0, GENESIS_HASH)
+    start_seq = min(start_seq, limit)
+
+    def result(ok: bool, checked: int, broken: int | None = None, problem: str = ""):
+        return VerifyResult(ok, checked, head_seq, head_hash, broken, problem, start_seq)
+
+    if since and start_seq:
+        anchor = AuditEvent.objects.filter(seq=start_seq).values_list("hash", flat=True).first()
+        if anchor is None:
+            return result(False, 0, start_seq, f"row {start_seq} missing")
+        if anchor != prev_hash:
+            return result(False, 0, start_seq, "hash differs from the signed checkpoint")
+    expected_seq, checked = start_seq + 1, 0
+    rows = (
+        AuditEvent.objects.filter(seq__gt=start_seq, seq__lte=limit)
+        .order_by("seq")
+        .iterator(chunk_size=2000)
+    )
     for event in rows:
         if event.seq != expected_seq:
-            return VerifyResult(
-                False, checked, head_seq, head_hash, expected_seq, f"row {expected_seq} missing"
-            )
+            return result(False, checked, expected_seq, f"row {expected_seq} missing")
         if event.prev_hash != prev_hash:
-            return VerifyResult(
-                False, checked, head_seq, head_hash, event.seq, "prev_hash does not match"
-            )
+            return result(False, checked, event.seq, "prev_hash does not match")
         if compute_hash(prev_hash, row_payload(event)) != event.hash:
-            return VerifyResult(
-                False, checked, head_seq, head_hash, event.seq, "content does not match its hash"
-            )
+            return result(False, checked, event.seq, "content does not match its hash")
         prev_hash, expected_seq, checked = event.hash, expected_seq + 1, checked + 1
-    if checked != limit:
-        return VerifyResult(
-            False, checked, head_seq, head_hash, expected_seq, f"row {expected_seq} missing"
-        )
+    if checked != limit - start_seq:
+        return result(False, checked, expected_seq, f"row {expected_seq} missing")
     if up_to_seq is None and limit and prev_hash != head_hash:
-        return VerifyResult(False, checked, head_seq, head_hash, limit, "head hash does not match")
-    return VerifyResult(True, checked, head_seq, head_hash)
+        return result(False, checked, limit, "head hash does not match")
+    return result(True, checked)

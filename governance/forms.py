@@ -14,12 +14,14 @@ import re
 import zoneinfo
 from datetime import UTC, date, datetime, time, timedelta
 
+import apprise
 from django import forms
 from django.contrib.auth.models import Group
 from django.utils.dateparse import parse_date, parse_datetime
 
 from . import actions, policies
 from .models import Enforcement, Environment, FreezeMode, Outcome, Tier
+from .notifications import KINDS as NOTIFICATION_KINDS
 
 DRY_RUN_DAYS = [(7, "7 days"), (30, "30 days"), (90, "90 days")]
 WEEKDAYS = [
@@ -517,3 +519,32 @@ class AuditFilterForm(forms.Form):
         if data.get("outcome"):
             qs = qs.filter(outcome=data["outcome"])
         return qs
+
+
+class NotificationPreferenceForm(forms.Form):
+    """A user's notification choices. The personal URL is write-only: it is never shown
+    back (it holds the channel's token); leave it empty to keep the current one."""
+
+    email = forms.BooleanField(required=False, label="E-mail me")
+    events = forms.MultipleChoiceField(
+        required=False,
+        choices=[(k, k.replace("_", " ")) for k in NOTIFICATION_KINDS],
+        widget=forms.CheckboxSelectMultiple,
+        label="Notify me of (none ticked: all)",
+    )
+    url = forms.CharField(
+        required=False,
+        label="Personal channel (apprise URL)",
+        help_text="e.g. a Slack webhook https://hooks.slack.com/services/…, "
+        "workflows://… for Teams, jsons://host/path",
+    )
+    clear_url = forms.BooleanField(required=False, label="Remove my personal channel")
+
+    def clean_url(self):
+        url = self.cleaned_data["url"].strip()
+        if url and not apprise.Apprise().add(url):
+            raise forms.ValidationError(
+                "not an apprise URL Clearway can send to: use e.g. slack://TokenA/TokenB/TokenC, "
+                "workflows://host/workflow/signature or jsons://host/path"
+            )
+        return url

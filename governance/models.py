@@ -565,3 +565,125 @@ class ReportJob(models.Model):
 
     def __str__(self) -> str:
         return f"report {self.pk} ({self.status})"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement "the audit chain's row `seq` has hash `hash`", made at `at` with the
+    Ed25519 key `key_id` (governance.checkpoints). The copies that matter are the ones in the
+    sinks outside the database; this row is an index for incremental verification, trusted
+    only when its signature verifies with the public key (the database owner cannot forge
+    one). Not audited itself: a checkpoint that wrote an audit row would move the head it
+    signs."""
+
+    seq = models.PositiveBigIntegerField(unique=True)
+    hash = models.CharField(max_length=64)
+    at = models.CharField(max_length=40)  # exactly the signed text (ISO 8601, UTC)
+    key_id = models.CharField(max_length=64)
+    signature = models.CharField(max_length=128)  # base64 of the 64-byte Ed25519 signature
+    timestamp = models.TextField(blank=True)  # RFC 3161 token over the signature, base64 DER
+    created_at = models.DateTimeField(auto_now_add=True)
+    # sink name -> "ok" or the last error, so a sink that was down can be written later.
+    sinks = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-seq"]
+
+    def __str__(self) -> str:
+        return f"checkpoint #{self.seq}"
+
+
+class AuditStreamCursor(models.Model):
+    """How far one configured SIEM destination (settings CLEARWAY["AUDIT_STREAMS"], by name)
+    has acknowledged the audit log. Delivery (governance.siem) sends the rows after
+    `acked_seq` in seq order and moves it only on the receiver's acknowledgement, so after an
+    outage it resumes with no gap. `leased_until` lets one worker at a time deliver to a
+    destination (claimed with a conditional UPDATE, never a lock held across the network)."""
+
+    name = models.CharField(max_length=64, unique=True)
+    acked_seq = models.PositiveBigIntegerField(default=0)
+    acked_at = models.DateTimeField(null=True, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    failures = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} at #{self.acked_seq}"
+
+
+class NotificationChannel(models.Model):
+    """Where gate notifications of an environment go (or of every environment, when
+    `environment` is empty), addressed by an apprise URL: slack://… or
+    https://hooks.slack.com/services/…, workflows://… (Microsoft Teams through Power Automate),
+    mailto://…, json:// or jsons:// (a generic JSON webhook). The URL holds the channel's
+    credentials: it is never shown in full outside the admin form, nor audited."""
+
+    environment = models.ForeignKey(
+        Environment, null=True, blank=True, on_delete=models.CASCADE, related_name="channels"
+    )
+    name = models.CharField(max_length=100)
+    url = models.TextField(help_text="an apprise URL, e.g. slack://T000/B000/XXXX")
+    events = models.JSONField(
+        default=list, blank=True, help_text="notification kinds to send; empty: all"
+    )
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["environment__name", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.environment or 'all environments'})"
+
+
+class NotificationPreference(models.Model):
+    """One user's choices: which notification kinds they want at all, whether by e-mail, and
+    an optional personal apprise URL (e.g. their own Slack or Teams webhook)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_pref"
+    )
+    email = models.BooleanField(default=True)
+    url = models.TextField(blank=True)
+    events = models.JSONField(default=list, blank=True, help_text="kinds wanted; empty: all")
+
+    def __str__(self) -> str:
+        return f"notification preferences of {self.user}"
+
+    def wants(self, kind: str) -> bool:
+        return not self.events or kind in self.events
+
+
+class NotificationDelivery(models.Model):
+    """One notification to one channel or personal URL: retried with backoff by the
+    clearway.deliver_notification task; a failure after the last retry stays here (shown to
+    admins) and is audited. Never blocks a gate: it is sent after the gate's commit."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed"
+
+    kind = models.CharField(max_length=32)
+    gate = models.ForeignKey(Gate, null=True, blank=True, on_delete=models.SET_NULL)
+    channel = models.ForeignKey(
+        NotificationChannel, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    target = models.CharField(max_length=255, help_text="the URL with its secrets masked")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} to {self.target}: {self.status}"

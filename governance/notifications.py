@@ -1,27 +1,48 @@
-"""Gate notifications: email (Django's email backend) and a Slack-compatible webhook.
+"""Gate notifications: email (Django's email backend), channels addressed by apprise URLs,
+and the legacy Slack-compatible webhook of an environment.
 
 A gate that starts waiting tells its eligible approvers; a reminder follows after the
 environment's reminder_minutes; the decision (open, overridden, rejected, blocked) is
 announced the same way. Everything is sent from Celery tasks (governance/tasks.py) after
 the gate's transaction commits, with retries and backoff. A failing channel never touches
 the gate: after the last retry the failure is logged and audited ("notification.failed").
+
+Channels (NotificationChannel) belong to an environment or to all of them, and each has an
+apprise URL: Slack (slack://… or https://hooks.slack.com/services/…), Microsoft Teams
+(workflows://… — Power Automate, which replaced Office 365 connectors), e-mail (mailto://…)
+or a generic JSON webhook (json:// / jsons://). Each user may opt out of kinds or of e-mail
+and add a personal apprise URL (NotificationPreference). Every channel message is one
+NotificationDelivery row, retried by clearway.deliver_notification with exponential backoff;
+one that still fails is marked failed (the admin lists them) and audited.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
+import apprise
 import httpx
 from django.conf import settings
 from django.core.mail import get_connection
 from django.core.mail.message import EmailMessage
 from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from orchestrator.kernel.queue import enqueue
 
 from . import audit
 from .approvers import eligible_approvers, overriders
-from .models import Enforcement, Gate, GateStatus, Outcome
+from .models import (
+    Enforcement,
+    Gate,
+    GateStatus,
+    NotificationChannel,
+    NotificationDelivery,
+    NotificationPreference,
+    Outcome,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +64,10 @@ class WebhookError(Exception):
     """The webhook did not accept the message (network error or a non-2xx answer)."""
 
 
+class DeliveryError(Exception):
+    """An apprise channel did not take the notification (retried with backoff)."""
+
+
 def schedule(gate: Gate, kind: str) -> None:
     """Send the `kind` notification of `gate` after the current transaction commits."""
     if kind not in KINDS:
@@ -55,6 +80,7 @@ def schedule(gate: Gate, kind: str) -> None:
             enqueue("clearway.notify_gate_email", (gate_id, kind))
             if webhook:
                 enqueue("clearway.notify_gate_webhook", (gate_id, kind))
+            enqueue("clearway.notify_gate_channels", (gate_id, kind))
         except Exception:  # broker down: a lost notification must not break the caller
             logger.exception("could not queue the %s notification of gate %s", kind, gate_id)
 
@@ -111,10 +137,10 @@ def message(gate: Gate, kind: str) -> tuple[str, str]:
     return f"[Clearway] {headline}", "\n".join(lines)
 
 
-def recipients(gate: Gate, kind: str) -> list[str]:
-    """Email addresses for a notification: the eligible approvers while the gate waits (and
-    who may override, when a soft-mandatory denial holds it); for a decision, also the
-    person who triggered the run."""
+def recipient_users(gate: Gate, kind: str) -> list:
+    """Who a notification is for: the eligible approvers while the gate waits (and who may
+    override, when a soft-mandatory denial holds it); for a decision, also the person who
+    triggered the run. Users who opted out of this kind are left out."""
     run = gate.stage_run.run
     users = list(eligible_approvers(gate, run))
     held_by_soft_denial = gate.decisions.filter(
@@ -124,9 +150,29 @@ def recipients(gate: Gate, kind: str) -> list[str]:
         users += overriders(gate)
     if kind not in ("waiting", "reminder", "escalated") and run.triggered_by is not None:
         users.append(run.triggered_by)
-    seen: set[str] = set()
+    prefs = {
+        p.user_id: p for p in NotificationPreference.objects.filter(user__in=[u.pk for u in users])
+    }
+    seen: set[int] = set()
     result = []
     for user in users:
+        pref = prefs.get(user.pk)
+        if user.pk in seen or (pref is not None and not pref.wants(kind)):
+            continue
+        seen.add(user.pk)
+        user.notification_preference = pref
+        result.append(user)
+    return result
+
+
+def recipients(gate: Gate, kind: str) -> list[str]:
+    """E-mail addresses for a notification (recipient_users who keep e-mail on)."""
+    seen: set[str] = set()
+    result = []
+    for user in recipient_users(gate, kind):
+        pref = user.notification_preference
+        if pref is not None and not pref.email:
+            continue
         email = (user.email or "").strip()
         if email and email.lower() not in seen:
             seen.add(email.lower())
@@ -193,3 +239,115 @@ def failed(gate_id: int, kind: str, channel: str, error: str) -> None:
             kind=kind,
             error=error[:500],
         )
+
+
+# --- apprise channels ---------------------------------------------------------------------
+
+_SECRETISH = re.compile(r"^([a-z0-9+]+://)([^/?#@]*@)?([^/?#]*)(.*)$", re.IGNORECASE)
+
+
+def mask(url: str) -> str:
+    """An apprise URL fit to show and store: the scheme and host, nothing that may be a
+    credential (user info, path tokens, query)."""
+    match = _SECRETISH.match(url.strip())
+    if not match:
+        return "(unparsable URL)"
+    scheme, _, host, rest = match.groups()
+    if not re.fullmatch(r"(localhost|[\w-]+(\.[\w-]+)+)(:\d+)?", host):
+        return f"{scheme}…"  # slack://TokenA/… : the "host" is a credential
+    return f"{scheme}{host}/…" if rest.strip("/") else f"{scheme}{host}"
+
+
+def valid_url(url: str) -> bool:
+    return bool(apprise.Apprise().add(url))
+
+
+def fan_out(gate_id: int, kind: str) -> list[int]:
+    """One pending NotificationDelivery per channel of the gate's environment (or of all
+    environments) that wants `kind`, and per recipient with a personal URL. Returns their
+    ids, for the caller to queue."""
+    gate = _load(gate_id)
+    if gate is None or not _still_relevant(gate, kind):
+        return []
+    rows = []
+    channels = NotificationChannel.objects.filter(enabled=True).filter(
+        Q(environment=gate.environment) | Q(environment__isnull=True)
+    )
+    for channel in channels:
+        if not channel.events or kind in channel.events:
+            rows.append(
+                NotificationDelivery(
+                    kind=kind, gate=gate, channel=channel, target=mask(channel.url)[:255]
+                )
+            )
+    for user in recipient_users(gate, kind):
+        pref = user.notification_preference
+        if pref is not None and pref.url.strip():
+            rows.append(
+                NotificationDelivery(kind=kind, gate=gate, user=user, target=mask(pref.url)[:255])
+            )
+    return [row.pk for row in NotificationDelivery.objects.bulk_create(rows)]
+
+
+def _url_of(delivery: NotificationDelivery) -> str:
+    if delivery.channel is not None:
+        return delivery.channel.url
+    pref = NotificationPreference.objects.filter(user=delivery.user).first()
+    return pref.url if pref else ""
+
+
+def deliver(delivery_id: int) -> bool:
+    """Send one delivery through apprise. True when sent (or nothing left to do); raises
+    DeliveryError when the service did not take it, for the task to retry."""
+    delivery = (
+        NotificationDelivery.objects.select_related("channel", "user")
+        .filter(pk=delivery_id)
+        .first()
+    )
+    if delivery is None or delivery.status != NotificationDelivery.Status.PENDING:
+        return True
+    gate = _load(delivery.gate_id) if delivery.gate_id else None
+    url = _url_of(delivery)
+    if gate is None or not url:
+        NotificationDelivery.objects.filter(pk=delivery_id).update(
+            status=NotificationDelivery.Status.FAILED, last_error="channel or gate is gone"
+        )
+        return True
+    title, body = message(gate, delivery.kind)
+    sender = apprise.Apprise()
+    if not sender.add(url):
+        error = f"{delivery.target}: not an apprise URL apprise can use"
+        NotificationDelivery.objects.filter(pk=delivery_id).update(
+            status=NotificationDelivery.Status.FAILED, attempts=delivery.attempts + 1,
+            last_error=error,
+        )  # fmt: skip
+        failed(gate.pk, delivery.kind, delivery.target, error)
+        return True
+    with apprise.LogCapture(level=apprise.logging.WARNING, fmt="%(message)s") as logs:
+        ok = bool(sender.notify(title=title, body=body))
+    if ok:
+        NotificationDelivery.objects.filter(pk=delivery_id).update(
+            status=NotificationDelivery.Status.SENT,
+            attempts=delivery.attempts + 1,
+            sent_at=timezone.now(),
+            last_error="",
+        )
+        return True
+    lines = logs.getvalue().strip().splitlines() or ["the service refused the notification"]
+    error = "; ".join(dict.fromkeys(lines))
+    error = error.replace(url, delivery.target)[:1000]
+    NotificationDelivery.objects.filter(pk=delivery_id).update(
+        attempts=delivery.attempts + 1, last_error=error
+    )
+    raise DeliveryError(f"{delivery.target}: {error}")
+
+
+def delivery_failed(delivery_id: int, error: str) -> None:
+    """After the last retry: the delivery is failed (listed for admins) and audited."""
+    delivery = NotificationDelivery.objects.filter(pk=delivery_id).first()
+    if delivery is None:
+        return
+    NotificationDelivery.objects.filter(pk=delivery_id).update(
+        status=NotificationDelivery.Status.FAILED, last_error=error[:1000]
+    )
+    failed(delivery.gate_id, delivery.kind, delivery.target, error)

@@ -24,6 +24,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import Prefetch
 from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -32,16 +33,25 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
 
-from . import audit, policies, rego
+from . import audit, checkpoints, notifications, policies, rego
 from .actions import EnvironmentChanged
 from .forms import (
     NEW_POLICY_SOURCE,
     AuditFilterForm,
     EnvironmentEditor,
+    NotificationPreferenceForm,
     PolicyForm,
     parse_utc,
 )
-from .models import ApprovalRule, AuditEvent, Environment, Policy, PolicyVersion
+from .models import (
+    ApprovalRule,
+    AuditEvent,
+    Environment,
+    NotificationDelivery,
+    NotificationPreference,
+    Policy,
+    PolicyVersion,
+)
 from .permissions import can, can_edit_policies, can_view_audit, restrict
 from .rego import PolicyCompileError
 
@@ -533,12 +543,54 @@ def audit_log(request):
 @login_required
 @require_GET
 def audit_verify(request):
-    """Recompute the whole chain (slow on big logs, so only on demand)."""
+    """Recompute the chain from the latest signed checkpoint (`?full=1`: from the first
+    row; slow on big logs, so only on demand)."""
     _require_audit(request.user)
-    result = audit.verify()
+    result = audit.verify() if request.GET.get("full") else checkpoints.verify()
     if request.htmx:
         return render(request, "governance/audit.html#verification", {"verification": result})
     return render(request, "governance/audit.html", _audit_context(request, verification=result))
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def notification_preferences(request):
+    """The signed-in user's notification choices (governance.notifications)."""
+    pref = NotificationPreference.objects.filter(user=request.user).first()
+    initial = {"email": True, "events": []}
+    if pref is not None:
+        initial = {"email": pref.email, "events": pref.events}
+    form = NotificationPreferenceForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        with transaction.atomic():
+            pref = pref or NotificationPreference(user=request.user)
+            pref.email, pref.events = data["email"], list(data["events"])
+            if data["clear_url"]:
+                pref.url = ""
+            elif data["url"]:
+                pref.url = data["url"]
+            pref.save()
+            audit.record(
+                request.user,
+                "notification.preferences",
+                ("user", request.user.pk, request.user.get_username()),
+                email=pref.email,
+                events=pref.events,
+                personal_channel=notifications.mask(pref.url) if pref.url else None,
+            )
+        messages.success(request, "Notification preferences saved.")
+        return redirect("governance:notification-preferences")
+    deliveries = NotificationDelivery.objects.filter(user=request.user)[:20]
+    return render(
+        request,
+        "governance/notifications.html",
+        {
+            "form": form,
+            "personal_channel": notifications.mask(pref.url) if pref and pref.url else "",
+            "deliveries": deliveries,
+        },
+    )
 
 
 urlpatterns: list = [
@@ -550,4 +602,5 @@ urlpatterns: list = [
     path("environments/<slug:name>/", environment_detail, name="environment"),
     path("audit/", audit_log, name="audit"),
     path("audit/verify/", audit_verify, name="audit-verify"),
+    path("notifications/", notification_preferences, name="notification-preferences"),
 ]

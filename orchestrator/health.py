@@ -1,4 +1,6 @@
-"""/healthz: the state of the database, the broker and the channel layer."""
+"""/healthz: the state of the database, the broker and the channel layer; and, as details that
+do not change the status, how far each SIEM stream lags and how old the last signed audit
+checkpoint is."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ import time
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from governance import audit, siem
+from governance.models import AuditCheckpoint
 from orchestrator.celery import app
 
 
@@ -57,6 +62,27 @@ def _check_channel_layer() -> dict:
         return {"ok": False, "backend": name, "error": exc.__class__.__name__}
 
 
+def _audit_details() -> dict:
+    try:
+        head_seq, _ = audit.chain_head()
+        latest = AuditCheckpoint.objects.order_by("-seq").first()
+        checkpoint = {
+            "configured": bool(settings.CLEARWAY.get("AUDIT_SIGNING_KEY")),
+            "head_seq": head_seq,
+            "latest_seq": latest.seq if latest else None,
+            "events_since": head_seq - (latest.seq if latest else 0),
+            "age_seconds": (
+                round((timezone.now() - latest.created_at).total_seconds(), 1) if latest else None
+            ),
+            "sinks_failing": sorted(k for k, v in latest.sinks.items() if v != "ok")
+            if latest
+            else [],
+        }
+        return {"audit_stream": siem.lag(), "audit_checkpoint": checkpoint}
+    except Exception as exc:  # noqa: BLE001 — a detail; the database check reports the cause
+        return {"audit_error": exc.__class__.__name__}
+
+
 @never_cache
 @require_GET
 def healthz(request):
@@ -71,6 +97,7 @@ def healthz(request):
         "status": "ok" if ok else "down",
         "version": settings.CLEARWAY_VERSION,
         "checks": checks,
+        "details": _audit_details() if checks["database"]["ok"] else {},
         "took_ms": round((time.monotonic() - started) * 1000, 1),
     }
     return JsonResponse(body, status=200 if ok else 503)

@@ -370,6 +370,20 @@ CLEARWAY = {
     "WEBHOOK_TOLERANCE": env.int("CLEARWAY_WEBHOOK_TOLERANCE", default=300),
     # Refuse webhook requests without a timestamp (body-only signatures can be replayed).
     "WEBHOOK_REQUIRE_TIMESTAMP": env.bool("CLEARWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=False),
+    # Signed audit checkpoints (docs/audit.md): the Ed25519 private key (a PEM file that never
+    # enters the database), the public key that verifies them (derived from the private key
+    # when empty), where they are written, and how often.
+    "AUDIT_SIGNING_KEY": env.str("CLEARWAY_AUDIT_SIGNING_KEY", default=""),
+    "AUDIT_PUBLIC_KEY": env.str("CLEARWAY_AUDIT_PUBLIC_KEY", default=""),
+    "AUDIT_CHECKPOINT_SINKS": env.list("CLEARWAY_AUDIT_CHECKPOINT_SINKS", default=[]),
+    "AUDIT_CHECKPOINT_INTERVAL": env.float("CLEARWAY_AUDIT_CHECKPOINT_INTERVAL", default=300.0),
+    # Optional RFC 3161 timestamps of checkpoints: the TSA's URL, and its root certificates.
+    "AUDIT_TSA_URL": env.str("CLEARWAY_AUDIT_TSA_URL", default=""),
+    "AUDIT_TSA_CA": env.str("CLEARWAY_AUDIT_TSA_CA", default=""),
+    # Audit streaming to SIEMs (docs/audit.md): a JSON list of destinations.
+    "AUDIT_STREAMS": env.json("CLEARWAY_AUDIT_STREAMS", default=[]),
+    "AUDIT_STREAM_INTERVAL": env.float("CLEARWAY_AUDIT_STREAM_INTERVAL", default=10.0),
+    "AUDIT_STREAM_BATCH": env.int("CLEARWAY_AUDIT_STREAM_BATCH", default=500),
 }
 
 # LOG_FORMAT=json: one JSON object per line (python-json-logger) for log pipelines. Either
@@ -412,5 +426,13 @@ CELERY_BEAT_SCHEDULE = {
     "gate-housekeeping": {
         "task": "clearway.gate_housekeeping",
         "schedule": 30.0,
+    },
+    "audit-checkpoint": {
+        "task": "clearway.audit_checkpoint",
+        "schedule": CLEARWAY["AUDIT_CHECKPOINT_INTERVAL"],
+    },
+    "audit-stream": {
+        "task": "clearway.stream_audit",
+        "schedule": CLEARWAY["AUDIT_STREAM_INTERVAL"],
     },
 }

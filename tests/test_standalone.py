@@ -137,6 +137,11 @@ def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_pat
         _wait(up, 90, "the standalone server to answer")
         banner = (tmp_path / "standalone.log").read_text()
         assert f"http://127.0.0.1:{port}/" in banner
+        # Audit checkpoints: a key made under var/ at start (not on settings import).
+        assert f"audit checkpoints: signed with {tmp_path / 'audit-signing-key.pem'}" in banner
+        assert (tmp_path / "audit-signing-key.pub.pem").exists()
+        details = httpx.get(f"{base}/healthz", timeout=5).json()["details"]
+        assert details["audit_checkpoint"]["configured"] is True
 
         with httpx.Client(base_url=base, timeout=10) as http:
             page = http.get("/accounts/login/")

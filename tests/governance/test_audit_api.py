@@ -172,6 +172,7 @@ def test_verify_reports_ok_and_then_the_broken_row(carl, log):
         "head": {"seq": head.seq, "hash": head.hash},
         "first_broken_seq": None,
         "problem": "",
+        "since_seq": 0,  # no signed checkpoint: the whole chain
     }
     tamper(log[2].seq, details={"forged": True})
     broken = carl.get("/api/v1/audit-events/verify/")

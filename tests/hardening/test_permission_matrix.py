@@ -360,6 +360,7 @@ ROUTES: dict[str, Route] = {
     # --- API: audit log and reports --------------------------------------------------------
     "auditevent-list": Route(checks=(Check(allowed=AUDITORS),)),
     "auditevent-verify": Route(checks=(Check(allowed=AUDITORS),)),
+    "auditevent-checkpoints": Route(checks=(Check(allowed=AUDITORS),)),
     "auditevent-detail": Route(lambda w: {"seq": w.audit_seq}, (Check(allowed=AUDITORS),)),
     "report-changes": Route(
         checks=(
@@ -412,6 +413,9 @@ ROUTES: dict[str, Route] = {
     ),
     "governance:audit": Route(checks=(Check(allowed=AUDITORS),)),
     "governance:audit-verify": Route(checks=(Check(allowed=AUDITORS, htmx=True),)),
+    "governance:notification-preferences": Route(
+        checks=(Check(), Check("post", data={"email": "on", "events": ["open"]}, ok=302))
+    ),
     # --- pages: dashboard ------------------------------------------------------------------
     "dashboard:overview": Route(checks=(Check(),)),
     "dashboard:board": Route(checks=(Check(),)),

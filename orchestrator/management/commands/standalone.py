@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from governance import checkpoints
 from orchestrator import events, executors
 from orchestrator.celery import app
 from orchestrator.cli import prepare_directories
@@ -46,6 +47,9 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         prepare_directories()
         call_command("migrate", interactive=False, verbosity=0)
+        # Signed audit checkpoints need a key outside the database: standalone makes one under
+        # var/ on its first start (a production deployment names its own in settings).
+        checkpoints.ensure_demo_key()
         seeded = False
         if not opts["no_demo"]:
             seeded = self._seed_once()
@@ -153,6 +157,8 @@ class Command(BaseCommand):
             f"  database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
             f"broker: {settings.CELERY_BROKER_URL.split('://', 1)[0]}, "
             f"channel layer: {settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[-1]}",
+            f"  audit checkpoints: signed with {settings.CLEARWAY['AUDIT_SIGNING_KEY']}, "
+            f"written to {', '.join(settings.CLEARWAY['AUDIT_CHECKPOINT_SINKS'])}",
         ]
         if demo and password:
             lines += [
