@@ -57,7 +57,7 @@ from orchestrator.models import (
 )
 from orchestrator.spec import ParameterError, SpecError
 
-from . import metrics
+from . import gate_advice, metrics
 from .context_processors import Navigation
 from .forms import (
     OVERRIDE_MIN_JUSTIFICATION,
@@ -144,8 +144,24 @@ def _pipeline_rows(user):
             last_run_status=Subquery(last.values("status")[:1]),
             last_run_at=Subquery(last.values("created_at")[:1]),
         )
+        .annotate(**_decision_flags("last_run_id"))
         .order_by("name")
     )
+
+
+def _decision_flags(run_ref: str) -> dict:
+    """Subqueries for the wallboard's flags of a run (`run_ref` names the outer run id): was
+    one of its gates overridden, and who rejected it (a rejection is a decision)."""
+    rejection = Approval.objects.filter(
+        gate__stage_run__run=OuterRef(run_ref),
+        gate__status=GateStatus.REJECTED,
+        decision=ApprovalDecision.REJECT,
+        void=False,
+    ).order_by("-created_at")
+    return {
+        "overridden": Exists(Override.objects.filter(gate__stage_run__run=OuterRef(run_ref))),
+        "rejected_by": Subquery(rejection.values("user__username")[:1]),
+    }
 
 
 def _environment_status(user, rows) -> tuple[list, dict]:
@@ -185,6 +201,7 @@ def overview_state(user) -> dict:
         .annotate(
             current_stage=Subquery(active_stage.values("name")[:1]),
             current_stage_status=Subquery(active_stage.values("status")[:1]),
+            overridden=Exists(Override.objects.filter(gate__stage_run__run=OuterRef("pk"))),
         )
         .order_by("created_at", "pk")[:20]
     )
@@ -210,6 +227,7 @@ def overview_state(user) -> dict:
             user,
         )
         .select_related("pipeline", "triggered_by")
+        .annotate(**_decision_flags("pk"))
         .order_by("-finished_at", "-pk")[:8]
     )
     return {
@@ -631,10 +649,18 @@ def gate_panel_context(user, run: Run) -> dict:
             rule["members"].append(
                 {"username": member.username, "excluded": _sod_reason(why) if why else ""}
             )
+    now = timezone.now()
     for gate in gates:
-        _decorate_gate(gate, user, list(rules_by_env.get(gate.environment_id, {}).values()))
+        rules = list(rules_by_env.get(gate.environment_id, {}).values())
+        _decorate_gate(gate, user, rules)
+        gate_advice.explain(gate, run, user, rules, now)
     active = next((g for g in gates if g.status == GateStatus.WAITING), None)
-    return {"gates": gates, "active_gate": active, "override_min": OVERRIDE_MIN_JUSTIFICATION}
+    return {
+        "gates": gates,
+        "active_gate": active,
+        "override_min": OVERRIDE_MIN_JUSTIFICATION,
+        "outcome": gate_advice.run_outcome(run, gates),
+    }
 
 
 def _sod_reason(message: str) -> str:
@@ -683,7 +709,10 @@ def _decorate_gate(gate: Gate, user, rules: list[dict]) -> None:
 
 @login_required
 def run_detail(request, run_id: int):
-    run = _run_or_404(request, run_id)
+    return _run_page(request, _run_or_404(request, run_id))
+
+
+def _run_page(request, run: Run, **extra):
     stages = _stages_with_steps(run)
     logs = _initial_logs(run)
     for stage in stages:
@@ -696,6 +725,7 @@ def run_detail(request, run_id: int):
         "terminal": run.status in RUN_TERMINAL,
         "parameters": sorted((run.parameters or {}).items()),
         **gate_panel_context(request.user, run),
+        **extra,
     }
     return render(request, "dashboard/run.html", context)
 
@@ -704,14 +734,16 @@ def run_detail(request, run_id: int):
 def run_gate_panel(request, run_id: int):
     """The gate panel alone (an htmx partial, re-fetched when a gate.updated event arrives)."""
     run = _run_or_404(request, run_id)
-    context = {"run": run, **gate_panel_context(request.user, run)}
+    context = {"run": run, "panel_only": True, **gate_panel_context(request.user, run)}
     return render(request, "dashboard/run.html#gate-panel", context)
 
 
 def _gate_panel_response(request, run: Run, **extra):
     if request.htmx:
-        context = {"run": run, **gate_panel_context(request.user, run), **extra}
+        context = {"run": run, "panel_only": True, **gate_panel_context(request.user, run), **extra}
         return render(request, "dashboard/run.html#gate-panel", context)
+    if extra.get("override_confirm"):  # without JavaScript: the confirmation step in the page
+        return _run_page(request, run, **extra)
     # Without JavaScript: the result as a message on the run page.
     if extra.get("gate_error"):
         messages.error(request, extra["gate_error"])
@@ -789,10 +821,14 @@ def gate_override(request, run_id: int, gate_id: int):
         return _gate_panel_response(
             request, run, gate_error="Overriding is not available yet on this installation."
         )
-    try:
-        gate_actions.override_gate(
-            gate, actor=request.user, justification=form.cleaned_data["justification"].strip()
+    justification = form.cleaned_data["justification"].strip()
+    if request.POST.get("confirm") != "yes":
+        # A second step that names the denials being passed, before anything is recorded.
+        return _gate_panel_response(
+            request, run, override_confirm=justification, override_form=form
         )
+    try:
+        gate_actions.override_gate(gate, actor=request.user, justification=justification)
     except _refusals(gate_actions) as exc:
         return _gate_panel_response(request, run, gate_error=str(exc), override_form=form)
     return _gate_panel_response(
