@@ -171,9 +171,26 @@ def parse_utc(value: str) -> datetime | None:
 
 
 def _local_input(value) -> str:
-    """A stored ISO time as the value of a datetime-local input (UTC, minutes)."""
+    """A stored ISO time as the value of a datetime-local input (UTC). Seconds are kept (the
+    input has step=1): a form that dropped them would move 23:59:59 to 23:59:00 on every
+    save of anything else."""
     moment = parse_utc(str(value or ""))
-    return moment.strftime("%Y-%m-%dT%H:%M") if moment else str(value or "")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") if moment else str(value or "")
+
+
+def _window_key(window: dict) -> tuple:
+    return (
+        parse_utc(str(window.get("start") or "")),
+        parse_utc(str(window.get("end") or "")),
+        str(window.get("reason") or "").strip(),
+    )
+
+
+def _keep_stored(stored: list, submitted: list[dict]) -> list[dict]:
+    """Submitted freeze windows, each replaced by the stored one it equals (same moments and
+    reason), so a save changes only what the person changed, not how a time was written."""
+    by_key = {_window_key(w): w for w in stored or [] if isinstance(w, dict)}
+    return [by_key.get(_window_key(w), w) for w in submitted]
 
 
 class EnvironmentForm(forms.ModelForm):
@@ -224,10 +241,12 @@ class EnvironmentForm(forms.ModelForm):
 
 class FreezeWindowForm(forms.Form):
     start = forms.CharField(
-        label="Start (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+        label="Start (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}),
     )
     end = forms.CharField(
-        label="End (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+        label="End (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}),
     )
     reason = forms.CharField(max_length=200)
 
@@ -431,6 +450,7 @@ class EnvironmentEditor:
                         changes[name] = {"from": old, "to": new}
                     setattr(env, name, new)
                     fields.append(name)
+            freeze = _keep_stored(env.freeze_windows, freeze)
             for name, new in (("freeze_windows", freeze), ("change_windows", change)):
                 if (getattr(env, name) or []) != new:
                     changes[name] = {"from": getattr(env, name) or [], "to": new}
