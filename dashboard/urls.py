@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import views, webhooks
 
 app_name = "dashboard"
 urlpatterns = [
@@ -14,6 +14,7 @@ urlpatterns = [
     path("pipelines/<slug:slug>/edit/", views.pipeline_edit, name="pipeline_edit"),
     path("pipelines/<slug:slug>/versions/", views.pipeline_versions, name="pipeline_versions"),
     path("pipelines/<slug:slug>/diff/", views.pipeline_diff, name="pipeline_diff"),
+    path("pipelines/<slug:slug>/webhook/", webhooks.pipeline_webhook, name="pipeline_webhook"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("runs/<int:run_id>/gate-panel/", views.run_gate_panel, name="run_gate_panel"),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),

@@ -57,7 +57,7 @@ from orchestrator.models import (
 )
 from orchestrator.spec import ParameterError, SpecError
 
-from . import gate_advice, metrics
+from . import gate_advice, metrics, webhooks
 from .context_processors import Navigation
 from .forms import (
     OVERRIDE_MIN_JUSTIFICATION,
@@ -349,6 +349,7 @@ def _render_pipeline(request, pipeline: Pipeline, form: TriggerForm | None = Non
             "page": page,
             "status": status,
             "statuses": RunStatus.values,
+            "secret": webhooks.take(request, pipeline) if pipeline.may_change else "",
         },
     )
 
@@ -418,6 +419,7 @@ def pipeline_new(request):
             form.add_error("slug", str(exc))
         else:
             messages.success(request, f"Pipeline {pipeline.name} created (version 1).")
+            webhooks.hand_over(request, pipeline, pipeline.webhook_secret)  # shown once
             return redirect("dashboard:pipeline", slug=pipeline.slug)
     context = _editor_context(form, spec_errors)
     context["creating"] = True

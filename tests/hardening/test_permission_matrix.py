@@ -462,6 +462,14 @@ ROUTES: dict[str, Route] = {
         ),
     ),
     "dashboard:pipeline_versions": Route(slug, (Check(allowed=SEES, hidden=HIDDEN),)),
+    # The webhook page and "rotate the secret": those who may change the pipeline.
+    "dashboard:pipeline_webhook": Route(
+        slug,
+        (
+            Check(allowed=RUNS, hidden=HIDDEN),
+            Check("post", data={"action": "rotate"}, allowed=RUNS, ok=302, hidden=HIDDEN),
+        ),
+    ),
     "dashboard:pipeline_diff": Route(
         slug, (Check(query="?from=1&to=1", allowed=SEES, hidden=HIDDEN),)
     ),
