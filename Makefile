@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/clearway_it
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: run test test-fast test-integration lint check browser-deps sandbox-deps services clean
+.PHONY: run test test-fast test-integration lint check browser-deps axe-deps sandbox-deps services clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Clearway needs Python 3.11 (found %s)" % sys.version.split()[0]'
@@ -27,6 +27,9 @@ run: $(VENV)/.installed sandbox-deps
 
 browser-deps:
 	@bash .ci/browser-deps
+
+axe-deps:
+	@bash .ci/axe-deps
 
 sandbox-deps:
 	@bash .ci/sandbox-deps
@@ -46,7 +49,7 @@ lint: check
 test-fast: $(VENV)/.installed-dev sandbox-deps
 	$(VENV)/bin/pytest -m "not integration and not browser" -q -p no:cacheprovider -n 2
 
-test-integration: $(VENV)/.installed-dev browser-deps sandbox-deps services
+test-integration: $(VENV)/.installed-dev browser-deps axe-deps sandbox-deps services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_AMQP_URL=$(TEST_AMQP_URL) \
 	  $(VENV)/bin/pytest -m "integration or browser" -q -p no:cacheprovider
 
