@@ -19,14 +19,6 @@
 (function () {
   "use strict";
 
-  // Animations (the "live" ring, running tiles) pause while the tab is hidden: an idle
-  // wallboard tab must not keep the main thread busy (docs/dashboard.md).
-  function markHidden() {
-    document.documentElement.classList.toggle("page-hidden", document.visibilityState === "hidden");
-  }
-  document.addEventListener("visibilitychange", markHidden);
-  markHidden();
-
   var MAX_DELAY = 10000;
   var socket = null;
   var attempt = 0;

@@ -1,7 +1,16 @@
-// The main navigation on narrow screens: a "Menu" button that opens and closes the links
-// (docs/dashboard.md, "Mobile"). Without JavaScript the links wrap onto several rows instead.
+// Page chrome for every page: animations pause in hidden tabs, and the main navigation on
+// narrow screens is a "Menu" button that opens and closes the links (docs/dashboard.md,
+// "Mobile"). Without JavaScript the links wrap onto several rows instead.
 (function () {
   "use strict";
+  // Animations (the "live" ring, running tiles) pause while the tab is hidden: an idle
+  // wallboard tab must not keep the main thread busy (docs/dashboard.md).
+  function markHidden() {
+    document.documentElement.classList.toggle("page-hidden", document.visibilityState === "hidden");
+  }
+  document.addEventListener("visibilitychange", markHidden);
+  markHidden();
+
   var nav = document.querySelector("nav.nav");
   var button = nav && nav.querySelector("#nav-menu-button");
   var links = nav && nav.querySelector("#nav-links");
