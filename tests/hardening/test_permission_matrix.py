@@ -462,6 +462,11 @@ ROUTES: dict[str, Route] = {
         ),
     ),
     "dashboard:pipeline_versions": Route(slug, (Check(allowed=SEES, hidden=HIDDEN),)),
+    # A step's raw log: whoever sees the run.
+    "dashboard:step_log_raw": Route(
+        lambda w: {"run_id": w.run.pk, "step_id": w.step.pk},
+        (Check(allowed=SEES, hidden=HIDDEN),),
+    ),
     # The webhook page and "rotate the secret": those who may change the pipeline.
     "dashboard:pipeline_webhook": Route(
         slug,
