@@ -18,6 +18,9 @@ urlpatterns = [
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("runs/<int:run_id>/gate-panel/", views.run_gate_panel, name="run_gate_panel"),
     path("runs/<int:run_id>/steps/<int:step_id>/log.txt", logs.step_log_raw, name="step_log_raw"),
+    path(
+        "runs/<int:run_id>/steps/<int:step_id>/log/", logs.step_log_window, name="step_log_window"
+    ),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("runs/<int:run_id>/retry/", views.run_retry, name="run_retry"),
     path("runs/<int:run_id>/gates/<int:gate_id>/decide/", views.gate_decide, name="gate_decide"),

@@ -46,7 +46,6 @@ from governance.permissions import can, pipelines, restrict
 from orchestrator import actions
 from orchestrator.models import (
     RUN_TERMINAL,
-    LogChunk,
     Pipeline,
     Run,
     RunStatus,
@@ -57,7 +56,7 @@ from orchestrator.models import (
 )
 from orchestrator.spec import ParameterError, SpecError
 
-from . import gate_advice, metrics, webhooks
+from . import gate_advice, logs, metrics, webhooks
 from .context_processors import Navigation
 from .forms import (
     OVERRIDE_MIN_JUSTIFICATION,
@@ -71,7 +70,6 @@ ACTIVE_RUN = [RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING]
 ACTIVE_STAGE = [StageStatus.RUNNING, StageStatus.QUEUED, StageStatus.WAITING]
 TIER_RANK = {Tier.DEVELOPMENT: 0, Tier.STAGING: 1, Tier.PRODUCTION: 2}
 RUNS_PER_PAGE = 25
-INITIAL_LOG_LINES = 1000  # per step, rendered with the page; live.js fetches the rest
 NEW_PIPELINE_TEMPLATE = """\
 name: My service
 description: Build, test and deploy my service.
@@ -551,32 +549,6 @@ def _run_or_404(request, run_id: int) -> Run:
     return get_object_or_404(qs, pk=run_id)
 
 
-def _log_line_parts(line: str) -> dict:
-    """Split the executor's line prefix ("<UTC timestamp> [stderr] ") from the text."""
-    stamp, _, rest = line.partition(" ")
-    if len(stamp) >= 20 and stamp[:4].isdigit() and stamp.endswith("Z") and "T" in stamp:
-        stderr = rest.startswith("[stderr] ")
-        return {"time": stamp, "text": rest[9:] if stderr else rest, "stderr": stderr}
-    return {"time": "", "text": line, "stderr": False}
-
-
-def _initial_logs(run: Run) -> dict[int, list[dict]]:
-    """The first lines of every step's log, in one query."""
-    logs: dict[int, list[dict]] = {}
-    chunks = (
-        LogChunk.objects.filter(step__stage__run=run, offset__lt=INITIAL_LOG_LINES)
-        .order_by("step", "offset")
-        .values_list("step_id", "offset", "text")
-    )
-    for step_id, offset, text in chunks:
-        lines = logs.setdefault(step_id, [])
-        if offset != len(lines):  # offsets are dense; never show lines out of place
-            continue
-        for line in text.split("\n"):
-            lines.append(_log_line_parts(line))
-    return logs
-
-
 def _stages_with_steps(run: Run) -> list[StageRun]:
     """Stages and their steps in one query (every stage has at least one step)."""
     stages: dict[int, StageRun] = {}
@@ -716,10 +688,11 @@ def run_detail(request, run_id: int):
 
 def _run_page(request, run: Run, **extra):
     stages = _stages_with_steps(run)
-    logs = _initial_logs(run)
+    windows = logs.tail_windows(run)  # the last lines of each step: a flat page weight
     for stage in stages:
         for step in stage.step_list:
-            step.initial_log = logs.get(step.pk, [])
+            step.log_first, step.initial_log = windows.get(step.pk, (0, []))
+            step.log_next = step.log_first + len(step.initial_log)
     context = {
         "run": run,
         "stages": stages,

@@ -29,6 +29,59 @@
     button.textContent = collapsed ? "Expand" : "Collapse";
   }
 
+  // --- earlier windows ------------------------------------------------------------------
+  // The page shows the last lines of each log (dashboard/logs.py); earlier ones come a window
+  // at a time, rendered by the server (the same template tag as the page).
+  function loadEarlier(box) {
+    var button = box.querySelector("[data-role=earlier]");
+    var first = Number(box.dataset.firstOffset) || 0;
+    if (!button || first <= 0) return Promise.resolve(false);
+    button.disabled = true;
+    var url = box.dataset.windowUrl + "?before=" + first;
+    return fetch(url, { credentials: "same-origin" }).then(function (res) {
+      if (!res.ok) throw new Error(url + ": HTTP " + res.status);
+      var newFirst = Number(res.headers.get("X-Log-First"));
+      return res.text().then(function (html) {
+        var height = box.scrollHeight;
+        button.insertAdjacentHTML("afterend", html);
+        box.scrollTop += box.scrollHeight - height; // keep the lines being read in place
+        box.dataset.firstOffset = String(newFirst);
+        if (newFirst <= 0) button.remove();
+        else {
+          button.disabled = false;
+          button.textContent = "Show earlier lines (" + newFirst + " before these)";
+        }
+        dirty = Boolean(input.value);
+        return newFirst < first;
+      });
+    });
+  }
+  logs.addEventListener("click", function (e) {
+    var button = e.target.closest("[data-role=earlier]");
+    if (button) loadEarlier(button.closest(".log"));
+  });
+  // A link to a line that is not loaded yet: load earlier windows until it is.
+  function revealTarget() {
+    var target = /^#s(\d+)-L(\d+)$/.exec(location.hash);
+    if (!target || document.getElementById(location.hash.slice(1))) return;
+    var section = logs.querySelector('[data-step-id="' + target[1] + '"]');
+    var box = section && section.querySelector(".log");
+    if (!box) return;
+    (function until() {
+      var line = document.getElementById(location.hash.slice(1));
+      if (line) {
+        line.classList.add("highlight");
+        line.scrollIntoView({ block: "center" });
+        return;
+      }
+      loadEarlier(box).then(function (more) {
+        if (more) until();
+      });
+    })();
+  }
+  window.addEventListener("hashchange", revealTarget);
+  revealTarget();
+
   // --- wrap ---------------------------------------------------------------------------
   wrap.addEventListener("change", function () {
     logs.classList.toggle("log-nowrap", !wrap.checked);

@@ -467,6 +467,10 @@ ROUTES: dict[str, Route] = {
         lambda w: {"run_id": w.run.pk, "step_id": w.step.pk},
         (Check(allowed=SEES, hidden=HIDDEN),),
     ),
+    "dashboard:step_log_window": Route(
+        lambda w: {"run_id": w.run.pk, "step_id": w.step.pk},
+        (Check(query="?before=1", allowed=SEES, hidden=HIDDEN),),
+    ),
     # The webhook page and "rotate the secret": those who may change the pipeline.
     "dashboard:pipeline_webhook": Route(
         slug,
