@@ -255,8 +255,17 @@ def overview(request):
 
 @login_required
 def board(request):
+    if request.htmx and request.GET.get("partial") == "board-metrics":  # every 60 s
+        context = {"metrics": metrics.compute(request.user, BOARD_METRICS_DAYS)}
+        return render(request, "dashboard/board.html#board-metrics", context)
     template = _partial(request, "dashboard/board.html", "board-live")
-    return render(request, template, overview_state(request.user))
+    context = overview_state(request.user)
+    if template == "dashboard/board.html":  # the whole page: the DORA and governance tiles too
+        context["metrics"] = metrics.compute(request.user, BOARD_METRICS_DAYS)
+    return render(request, template, context)
+
+
+BOARD_METRICS_DAYS = 30
 
 
 # --- pipelines --------------------------------------------------------------------------

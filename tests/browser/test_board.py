@@ -1,5 +1,6 @@
-"""Issue 18, point 4: the wallboard, at desktop width and at 390 px. Tile text has a contrast
-of at least 4.5:1 (axe-core's color-contrast rule over tiles of every run status); the
+"""Issue 18, point 4: the wallboard, at desktop width and at 390 px. It shows the DORA and
+governance tiles; tile text has a contrast of at least 4.5:1 (axe-core's color-contrast rule
+over tiles of every run status and the metric tiles); the
 "live" ring honours prefers-reduced-motion and pauses while the tab is hidden."""
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def test_board_tiles_have_enough_contrast(size, world, login, shot, make_pipelin
     expect_live(board)
     for status in STATUSES:
         expect(board.locator(f'#board-live [data-pipeline="svc-{status}"]')).to_be_visible()
+    # The DORA and governance tiles, in the same contrast check.
+    for metric in ("deploy-frequency", "lead-time", "change-failure-rate", "override-rate"):
+        expect(board.locator(f'#board-metrics [data-metric="{metric}"]')).to_be_visible()
     shot(board, f"22-board-{size}")
     assert serious_violations(board, rules=["color-contrast"]) == []
 
