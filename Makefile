@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/clearway_it
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: run test test-fast test-integration package-smoke lint check browser-deps sandbox-deps audit-deps services clean
+.PHONY: run test test-fast test-integration package-smoke lint check browser-deps axe-deps sandbox-deps audit-deps services clean
 
 # OPA's evaluator is installed apart from pyproject.toml: its metadata asks for Python >= 3.14,
 # but it runs on 3.11 (see requirements/opa.txt), so pip must ignore that, pinned by hash.
@@ -30,6 +30,9 @@ run: $(VENV)/.installed sandbox-deps
 
 browser-deps:
 	@bash .ci/browser-deps
+
+axe-deps:
+	@bash .ci/axe-deps
 
 sandbox-deps:
 	@bash .ci/sandbox-deps
@@ -53,7 +56,7 @@ lint: check
 test-fast: $(VENV)/.installed-dev sandbox-deps
 	$(VENV)/bin/pytest -m "not integration and not browser" -q -p no:cacheprovider -n 2
 
-test-integration: $(VENV)/.installed-dev browser-deps sandbox-deps audit-deps services
+test-integration: $(VENV)/.installed-dev browser-deps axe-deps sandbox-deps audit-deps services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) TEST_AMQP_URL=$(TEST_AMQP_URL) \
 	  $(VENV)/bin/pytest -m "integration or browser" -q -p no:cacheprovider
 

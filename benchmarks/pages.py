@@ -1,5 +1,8 @@
 """Page speed with a realistic amount of history: the overview (/) and a run page (/runs/<id>/).
 
+Also two run pages whose one step logged 3,000 and 100,000 lines (`run_log_3000`,
+`run_log_100000`): the same p95 goal, and their `body_kib` must be flat.
+
     .venv/bin/python benchmarks/pages.py [--runs 10000] [--days 60] [--requests 100]
         [--warmup 10] [--database-url postgres://postgres@127.0.0.1:5432/clearway_bench_pages]
         [--redis-url redis://127.0.0.1:6379/10] [--reseed] [--jit-off] [--no-write]
@@ -584,6 +587,60 @@ def pick_run() -> int:
     return gate.stage_run.run_id
 
 
+LONG_LOGS = (3_000, 100_000)  # lines in the one step of the long-log runs
+
+
+def long_log_run(lines: int) -> int:
+    """A finished payments-api run whose one step logged `lines` lines (made once, found by
+    its parameter `bench_log`): the run page must weigh and cost the same at 3,000 and at
+    100,000 lines (issue 18: the page renders each step's last window)."""
+    from django.utils import timezone
+
+    from orchestrator.models import LogChunk, Pipeline, Run, StageRun, StepRun
+
+    found = Run.objects.filter(parameters__bench_log=lines).values_list("pk", flat=True).first()
+    if found:
+        return found
+    pipeline = Pipeline.objects.get(slug="payments-api")
+    now = timezone.now()
+    number = (
+        Run.objects.filter(pipeline=pipeline)
+        .order_by("-number")
+        .values_list("number", flat=True)
+        .first()
+        or 0
+    ) + 1  # noqa: E501
+    run = Run.objects.create(
+        pipeline=pipeline, version=pipeline.current_version, number=number, status="succeeded",
+        parameters={"version": "9.9.9", "bench_log": lines}, created_at=now, started_at=now,
+        finished_at=now,
+    )  # fmt: skip
+    stage = StageRun.objects.create(
+        run=run, name="build", position=0, status="succeeded", started_at=now, finished_at=now
+    )
+    step = StepRun.objects.create(
+        stage=stage, name="compile", position=0, status="succeeded", exit_code=0,
+        log_lines=lines, started_at=now, finished_at=now,
+    )  # fmt: skip
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    LogChunk.objects.bulk_create(
+        [
+            LogChunk(
+                step=step,
+                offset=i,
+                line_count=min(200, lines - i),
+                text="\n".join(
+                    f"{stamp} compiling module {j} ... ok" for j in range(i, min(i + 200, lines))
+                ),
+            )  # fmt: skip
+            for i in range(0, lines, 200)
+        ],
+        batch_size=500,
+    )
+    Pipeline.objects.filter(pk=pipeline.pk).update(next_run_number=number + 1)
+    return run.pk
+
+
 def session_for(username: str) -> str:
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.auth.models import User
@@ -709,6 +766,7 @@ def main(opts) -> dict:
 
     data = data_summary()
     run_id = pick_run()
+    long_runs = {n: long_log_run(n) for n in LONG_LOGS}
     session = session_for(DEVELOPER)
     connections.close_all()
 
@@ -727,7 +785,9 @@ def main(opts) -> dict:
         harness.wait_listening(port, server, "server", (tmp / "server.log").read_text)
         base = f"http://127.0.0.1:{port}"
         load = [round(os.getloadavg()[0], 2)]
-        for name, path in (("overview", "/"), ("run", f"/runs/{run_id}/")):
+        paths = [("overview", "/"), ("run", f"/runs/{run_id}/")]
+        paths += [(f"run_log_{n}", f"/runs/{pk}/") for n, pk in long_runs.items()]
+        for name, path in paths:
             pages[name] = time_page(base, session, path, opts.warmup, opts.requests)
             load.append(round(os.getloadavg()[0], 2))
     finally:

@@ -108,5 +108,12 @@ class OverrideForm(forms.Form):
         min_length=OVERRIDE_MIN_JUSTIFICATION,
         max_length=4000,
         widget=forms.Textarea,
+        error_messages={
+            "required": "Say why this cannot wait: an override needs a justification.",
+            "min_length": (
+                "An override needs a justification of at least %(limit_value)d characters "
+                "(this one has %(show_value)d): say why this cannot wait."
+            ),
+        },
         help_text="Recorded in the audit log and flagged in every report.",
     )

@@ -12,7 +12,12 @@ Definitions (period = the last `days` days, by the time a deploy finished):
   the same pipeline (failures not yet restored are counted apart);
 - approval wait: median of gate created → decided, over gates decided in the period;
 - override rate: overridden gates / decided gates;
-- blocks per policy: gates denied by a mandatory policy (deny or evaluation error), per policy.
+- blocks per policy: per mandatory (soft or hard) policy, the gates whose *final outcome* was
+  blocked or overridden because of it — the gate ended BLOCKED or OVERRIDDEN and the policy's
+  current (last) decision on it denied or failed — as a count and as a rate of the gates the
+  policy evaluated (gates with a current decision of it). A denial that approvals later lifted
+  (a curable hard-mandatory policy such as "2 approvals needed"), a re-evaluation and a gate
+  that was rejected by a person are not blocks.
 
 The median is an aggregate function of our own: PERCENTILE_CONT on PostgreSQL, a small
 registered aggregate on SQLite; both ignore NULLs.
@@ -174,16 +179,27 @@ def compute(user, days: int = DEFAULT_PERIOD, *, now: datetime | None = None) ->
     m.approval_wait = row["wait"]
     m.override_rate = m.overridden_gates / m.decided_gates if m.decided_gates else None
 
-    m.blocks_per_policy = list(
+    blocked = Q(
+        result__in=["deny", "error"],
+        gate__status__in=[GateStatus.BLOCKED, GateStatus.OVERRIDDEN],
+    )
+    rows = (
         PolicyDecision.objects.filter(
             gate__in=gates,
-            result__in=["deny", "error"],
+            current=True,
             enforcement__in=[Enforcement.SOFT_MANDATORY, Enforcement.HARD_MANDATORY],
         )
         .values(policy=F("policy_version__policy__name"))
-        .annotate(gates=Count("gate", distinct=True))
+        .annotate(
+            gates=Count("gate", distinct=True, filter=blocked),
+            evaluated=Count("gate", distinct=True),
+        )
         .order_by("-gates", "policy")
     )
+    m.blocks_per_policy = [
+        {**row, "rate": row["gates"] / row["evaluated"] if row["evaluated"] else None}
+        for row in rows
+    ]
 
     m.chart = deployments_per_day(deploys, since.date(), now.date())
     return m

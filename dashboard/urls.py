@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import logs, views, webhooks
 
 app_name = "dashboard"
 urlpatterns = [
@@ -14,8 +14,13 @@ urlpatterns = [
     path("pipelines/<slug:slug>/edit/", views.pipeline_edit, name="pipeline_edit"),
     path("pipelines/<slug:slug>/versions/", views.pipeline_versions, name="pipeline_versions"),
     path("pipelines/<slug:slug>/diff/", views.pipeline_diff, name="pipeline_diff"),
+    path("pipelines/<slug:slug>/webhook/", webhooks.pipeline_webhook, name="pipeline_webhook"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("runs/<int:run_id>/gate-panel/", views.run_gate_panel, name="run_gate_panel"),
+    path("runs/<int:run_id>/steps/<int:step_id>/log.txt", logs.step_log_raw, name="step_log_raw"),
+    path(
+        "runs/<int:run_id>/steps/<int:step_id>/log/", logs.step_log_window, name="step_log_window"
+    ),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("runs/<int:run_id>/retry/", views.run_retry, name="run_retry"),
     path("runs/<int:run_id>/gates/<int:gate_id>/decide/", views.gate_decide, name="gate_decide"),

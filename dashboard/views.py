@@ -47,7 +47,6 @@ from governance.permissions import can, pipelines, restrict
 from orchestrator import actions
 from orchestrator.models import (
     RUN_TERMINAL,
-    LogChunk,
     Pipeline,
     Run,
     RunStatus,
@@ -58,7 +57,7 @@ from orchestrator.models import (
 )
 from orchestrator.spec import ParameterError, SpecError
 
-from . import metrics
+from . import gate_advice, logs, metrics, webhooks
 from .context_processors import Navigation
 from .forms import (
     OVERRIDE_MIN_JUSTIFICATION,
@@ -72,7 +71,6 @@ ACTIVE_RUN = [RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING]
 ACTIVE_STAGE = [StageStatus.RUNNING, StageStatus.QUEUED, StageStatus.WAITING]
 TIER_RANK = {Tier.DEVELOPMENT: 0, Tier.STAGING: 1, Tier.PRODUCTION: 2}
 RUNS_PER_PAGE = 25
-INITIAL_LOG_LINES = 1000  # per step, rendered with the page; live.js fetches the rest
 NEW_PIPELINE_TEMPLATE = """\
 name: My service
 description: Build, test and deploy my service.
@@ -145,8 +143,24 @@ def _pipeline_rows(user):
             last_run_status=Subquery(last.values("status")[:1]),
             last_run_at=Subquery(last.values("created_at")[:1]),
         )
+        .annotate(**_decision_flags("last_run_id"))
         .order_by("name")
     )
+
+
+def _decision_flags(run_ref: str) -> dict:
+    """Subqueries for the wallboard's flags of a run (`run_ref` names the outer run id): was
+    one of its gates overridden, and who rejected it (a rejection is a decision)."""
+    rejection = Approval.objects.filter(
+        gate__stage_run__run=OuterRef(run_ref),
+        gate__status=GateStatus.REJECTED,
+        decision=ApprovalDecision.REJECT,
+        void=False,
+    ).order_by("-created_at")
+    return {
+        "overridden": Exists(Override.objects.filter(gate__stage_run__run=OuterRef(run_ref))),
+        "rejected_by": Subquery(rejection.values("user__username")[:1]),
+    }
 
 
 def _environment_status(user, rows) -> tuple[list, dict]:
@@ -186,6 +200,7 @@ def overview_state(user) -> dict:
         .annotate(
             current_stage=Subquery(active_stage.values("name")[:1]),
             current_stage_status=Subquery(active_stage.values("status")[:1]),
+            overridden=Exists(Override.objects.filter(gate__stage_run__run=OuterRef("pk"))),
         )
         .order_by("created_at", "pk")[:20]
     )
@@ -211,6 +226,7 @@ def overview_state(user) -> dict:
             user,
         )
         .select_related("pipeline", "triggered_by")
+        .annotate(**_decision_flags("pk"))
         .order_by("-finished_at", "-pk")[:8]
     )
     return {
@@ -240,8 +256,17 @@ def overview(request):
 
 @login_required
 def board(request):
+    if request.htmx and request.GET.get("partial") == "board-metrics":  # every 60 s
+        context = {"metrics": metrics.compute(request.user, BOARD_METRICS_DAYS)}
+        return render(request, "dashboard/board.html#board-metrics", context)
     template = _partial(request, "dashboard/board.html", "board-live")
-    return render(request, template, overview_state(request.user))
+    context = overview_state(request.user)
+    if template == "dashboard/board.html":  # the whole page: the DORA and governance tiles too
+        context["metrics"] = metrics.compute(request.user, BOARD_METRICS_DAYS)
+    return render(request, template, context)
+
+
+BOARD_METRICS_DAYS = 30
 
 
 # --- pipelines --------------------------------------------------------------------------
@@ -332,6 +357,7 @@ def _render_pipeline(request, pipeline: Pipeline, form: TriggerForm | None = Non
             "page": page,
             "status": status,
             "statuses": RunStatus.values,
+            "secret": webhooks.take(request, pipeline) if pipeline.may_change else "",
         },
     )
 
@@ -401,6 +427,7 @@ def pipeline_new(request):
             form.add_error("slug", str(exc))
         else:
             messages.success(request, f"Pipeline {pipeline.name} created (version 1).")
+            webhooks.hand_over(request, pipeline, pipeline.webhook_secret)  # shown once
             return redirect("dashboard:pipeline", slug=pipeline.slug)
     context = _editor_context(form, spec_errors)
     context["creating"] = True
@@ -532,32 +559,6 @@ def _run_or_404(request, run_id: int) -> Run:
     return get_object_or_404(qs, pk=run_id)
 
 
-def _log_line_parts(line: str) -> dict:
-    """Split the executor's line prefix ("<UTC timestamp> [stderr] ") from the text."""
-    stamp, _, rest = line.partition(" ")
-    if len(stamp) >= 20 and stamp[:4].isdigit() and stamp.endswith("Z") and "T" in stamp:
-        stderr = rest.startswith("[stderr] ")
-        return {"time": stamp, "text": rest[9:] if stderr else rest, "stderr": stderr}
-    return {"time": "", "text": line, "stderr": False}
-
-
-def _initial_logs(run: Run) -> dict[int, list[dict]]:
-    """The first lines of every step's log, in one query."""
-    logs: dict[int, list[dict]] = {}
-    chunks = (
-        LogChunk.objects.filter(step__stage__run=run, offset__lt=INITIAL_LOG_LINES)
-        .order_by("step", "offset")
-        .values_list("step_id", "offset", "text")
-    )
-    for step_id, offset, text in chunks:
-        lines = logs.setdefault(step_id, [])
-        if offset != len(lines):  # offsets are dense; never show lines out of place
-            continue
-        for line in text.split("\n"):
-            lines.append(_log_line_parts(line))
-    return logs
-
-
 def _stages_with_steps(run: Run) -> list[StageRun]:
     """Stages and their steps in one query (every stage has at least one step)."""
     stages: dict[int, StageRun] = {}
@@ -632,10 +633,18 @@ def gate_panel_context(user, run: Run) -> dict:
             rule["members"].append(
                 {"username": member.username, "excluded": _sod_reason(why) if why else ""}
             )
+    now = timezone.now()
     for gate in gates:
-        _decorate_gate(gate, user, list(rules_by_env.get(gate.environment_id, {}).values()))
+        rules = list(rules_by_env.get(gate.environment_id, {}).values())
+        _decorate_gate(gate, user, rules)
+        gate_advice.explain(gate, run, user, rules, now)
     active = next((g for g in gates if g.status == GateStatus.WAITING), None)
-    return {"gates": gates, "active_gate": active, "override_min": OVERRIDE_MIN_JUSTIFICATION}
+    return {
+        "gates": gates,
+        "active_gate": active,
+        "override_min": OVERRIDE_MIN_JUSTIFICATION,
+        "outcome": gate_advice.run_outcome(run, gates),
+    }
 
 
 def _sod_reason(message: str) -> str:
@@ -677,12 +686,16 @@ def _decorate_gate(gate: Gate, user, rules: list[dict]) -> None:
 
 @login_required
 def run_detail(request, run_id: int):
-    run = _run_or_404(request, run_id)
+    return _run_page(request, _run_or_404(request, run_id))
+
+
+def _run_page(request, run: Run, **extra):
     stages = _stages_with_steps(run)
-    logs = _initial_logs(run)
+    windows = logs.tail_windows(run)  # the last lines of each step: a flat page weight
     for stage in stages:
         for step in stage.step_list:
-            step.initial_log = logs.get(step.pk, [])
+            step.log_first, step.initial_log = windows.get(step.pk, (0, []))
+            step.log_next = step.log_first + len(step.initial_log)
     context = {
         "run": run,
         "stages": stages,
@@ -690,6 +703,7 @@ def run_detail(request, run_id: int):
         "terminal": run.status in RUN_TERMINAL,
         "parameters": sorted((run.parameters or {}).items()),
         **gate_panel_context(request.user, run),
+        **extra,
     }
     return render(request, "dashboard/run.html", context)
 
@@ -698,14 +712,16 @@ def run_detail(request, run_id: int):
 def run_gate_panel(request, run_id: int):
     """The gate panel alone (an htmx partial, re-fetched when a gate.updated event arrives)."""
     run = _run_or_404(request, run_id)
-    context = {"run": run, **gate_panel_context(request.user, run)}
+    context = {"run": run, "panel_only": True, **gate_panel_context(request.user, run)}
     return render(request, "dashboard/run.html#gate-panel", context)
 
 
 def _gate_panel_response(request, run: Run, **extra):
     if request.htmx:
-        context = {"run": run, **gate_panel_context(request.user, run), **extra}
+        context = {"run": run, "panel_only": True, **gate_panel_context(request.user, run), **extra}
         return render(request, "dashboard/run.html#gate-panel", context)
+    if extra.get("override_confirm"):  # without JavaScript: the confirmation step in the page
+        return _run_page(request, run, **extra)
     # Without JavaScript: the result as a message on the run page.
     if extra.get("gate_error"):
         messages.error(request, extra["gate_error"])
@@ -757,10 +773,14 @@ def gate_override(request, run_id: int, gate_id: int):
     form = OverrideForm(request.POST)
     if not form.is_valid():
         return _gate_panel_response(request, run, override_form=form)
-    try:
-        gate_actions.override_gate(
-            gate, actor=request.user, justification=form.cleaned_data["justification"].strip()
+    justification = form.cleaned_data["justification"].strip()
+    if request.POST.get("confirm") != "yes":
+        # A second step that names the denials being passed, before anything is recorded.
+        return _gate_panel_response(
+            request, run, override_confirm=justification, override_form=form
         )
+    try:
+        gate_actions.override_gate(gate, actor=request.user, justification=justification)
     except GateError as exc:
         return _gate_panel_response(request, run, gate_error=str(exc), override_form=form)
     return _gate_panel_response(

@@ -171,9 +171,26 @@ def parse_utc(value: str) -> datetime | None:
 
 
 def _local_input(value) -> str:
-    """A stored ISO time as the value of a datetime-local input (UTC, minutes)."""
+    """A stored ISO time as the value of a datetime-local input (UTC). Seconds are kept (the
+    input has step=1): a form that dropped them would move 23:59:59 to 23:59:00 on every
+    save of anything else."""
     moment = parse_utc(str(value or ""))
-    return moment.strftime("%Y-%m-%dT%H:%M") if moment else str(value or "")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") if moment else str(value or "")
+
+
+def _window_key(window: dict) -> tuple:
+    return (
+        parse_utc(str(window.get("start") or "")),
+        parse_utc(str(window.get("end") or "")),
+        str(window.get("reason") or "").strip(),
+    )
+
+
+def _keep_stored(stored: list, submitted: list[dict]) -> list[dict]:
+    """Submitted freeze windows, each replaced by the stored one it equals (same moments and
+    reason), so a save changes only what the person changed, not how a time was written."""
+    by_key = {_window_key(w): w for w in stored or [] if isinstance(w, dict)}
+    return [by_key.get(_window_key(w), w) for w in submitted]
 
 
 class EnvironmentForm(forms.ModelForm):
@@ -236,10 +253,12 @@ class EnvironmentForm(forms.ModelForm):
 
 class FreezeWindowForm(forms.Form):
     start = forms.CharField(
-        label="Start (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+        label="Start (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}),
     )
     end = forms.CharField(
-        label="End (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+        label="End (UTC)",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}),
     )
     reason = forms.CharField(max_length=200)
 
@@ -411,7 +430,10 @@ class EnvironmentEditor:
             self.environment,
             actor=actor,
             settings={name: data[name] for name in Environment.SETTINGS},
-            freeze_windows=[f.as_window() for f in _kept(self.freeze)],
+            # Windows whose minutes did not change keep their stored seconds (23:59:59).
+            freeze_windows=_keep_stored(
+                self.environment.freeze_windows, [f.as_window() for f in _kept(self.freeze)]
+            ),
             change_windows=[f.as_window() for f in _kept(self.change)],
             rules={
                 f.cleaned_data["group"]: f.cleaned_data["required_count"] for f in _kept(self.rules)

@@ -757,6 +757,19 @@ def _subject(stage: StageRun) -> str:
     return f"{stage.run.pipeline.slug} #{stage.run.number} → {stage.environment.name}"
 
 
+def _verb_seq(actions: tuple[str, ...], gate_field: str, at_field: str) -> Subquery:
+    """The seq of the audit event a gate verb wrote with the row (same gate, same moment:
+    the verbs record the row and the event with one `now`)."""
+    events = AuditEvent.objects.filter(
+        action__in=actions,
+        outcome=Outcome.SUCCESS,
+        target_type="gate",
+        target_id=Cast(OuterRef(gate_field), output_field=models.CharField()),
+        at=OuterRef(at_field),
+    ).order_by("seq")
+    return Subquery(events.values("seq")[:1])
+
+
 def _exception_sources(qs: QuerySet, filters: ChangeFilters, as_of: datetime) -> list:
     """(kind, queryset, row function) for every kind of exception, each in a fixed order."""
     stage_ids = qs.values("pk").order_by()
@@ -770,6 +783,7 @@ def _exception_sources(qs: QuerySet, filters: ChangeFilters, as_of: datetime) ->
     overrides = (
         Override.objects.filter(gate__stage_run__in=stage_ids)
         .select_related("user", *(f"gate__{r}" for r in stage_related))
+        .annotate(audit_seq=_verb_seq(OVERRIDE_ACTIONS, "gate_id", "created_at"))
         .order_by("created_at", "id")
     )
     gates = (
@@ -780,6 +794,7 @@ def _exception_sources(qs: QuerySet, filters: ChangeFilters, as_of: datetime) ->
                 "approvals",
                 Approval.objects.filter(decision=ApprovalDecision.REJECT, void=False)
                 .select_related("user")
+                .annotate(audit_seq=_verb_seq(REJECT_ACTIONS, "gate_id", "created_at"))
                 .order_by("created_at", "id"),
                 to_attr="rejections",
             )
@@ -822,7 +837,13 @@ def _exception_sources(qs: QuerySet, filters: ChangeFilters, as_of: datetime) ->
             detail += f" (passed: {_policies_text(o.policies)})"
         stage = o.gate.stage_run
         return _exception(
-            "override", o.created_at, stage, _subject(stage), o.user.get_username(), detail
+            "override",
+            o.created_at,
+            stage,
+            _subject(stage),
+            o.user.get_username(),
+            detail,
+            o.audit_seq,
         )
 
     def gate_row(g: Gate) -> dict:
@@ -831,7 +852,9 @@ def _exception_sources(qs: QuerySet, filters: ChangeFilters, as_of: datetime) ->
         comments = "; ".join(a.comment for a in g.rejections if a.comment)
         detail = "; ".join(x for x in (g.reason, comments) if x) or g.status
         stage = g.stage_run
-        return _exception(kind, g.decided_at or g.created_at, stage, _subject(stage), who, detail)
+        seq = next((a.audit_seq for a in g.rejections if a.audit_seq), None)
+        at = g.decided_at or g.created_at
+        return _exception(kind, at, stage, _subject(stage), who, detail, seq)
 
     def failed_row(s: StageRun) -> dict:
         who = s.run.triggered_by.get_username() if s.run.triggered_by else ""

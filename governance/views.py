@@ -14,11 +14,12 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from orchestrator.models import Pipeline, StageStatus, Team
 
-from . import actions, reports
+from . import actions, report_presets, report_table, reports
 from .api_reports import download, stream
 from .models import Environment, Outcome, ReportJob
 from .permissions import can_export, can_export_audit, restrict
@@ -38,8 +39,11 @@ def _jobs(user):
 
 def _context(request, *, values=None, audit_values=None, error=None, audit_error=None) -> dict:
     jobs = list(_jobs(request.user).order_by("-created_at", "-id")[:20])
+    if values is None:  # a preset link, or the page again after "Generate PDF"
+        values = _picked(request.GET, CHANGE_FIELDS)
     return {
-        "values": values or {},
+        "values": values,
+        "presets": report_presets.links(values, timezone.now().date()),
         "audit_values": audit_values or {},
         "error": error,
         "audit_error": audit_error,
@@ -85,7 +89,11 @@ def reports_page(request):
         filters = reports.parse_change_filters(values, request.user)
         if choice == "pdf":
             actions.request_report_pdf(request.user, filters.as_params())
-            return redirect(f"{reverse('governance:reports')}#jobs")
+            # Back to the form with the same filters (the person often exports more).
+            return redirect(f"{reverse('governance:reports')}?{urlencode(values)}#jobs")
+        if choice == report_table.FORMAT:
+            query = urlencode({"kind": "changes", **values, "format": report_table.FORMAT})
+            return redirect(f"{reverse('governance:reports-export')}?{query}")
         fmt = reports.parse_format({"format": choice}, reports.CHANGE_FORMATS)
     except reports.FilterError as exc:
         ctx = _context(request, values=values, error=exc)
@@ -107,6 +115,8 @@ def reports_export(request):
                 reports.record_refused_export(request.user, "audit-log", reason)
                 raise PermissionDenied(reason)
             export = reports.export_audit(request.user, request.GET)
+        elif kind == "changes" and request.GET.get("format") == report_table.FORMAT:
+            export = report_table.export_table(request.user, request.GET)
         elif kind == "changes":
             export = reports.export_changes(request.user, request.GET)
         else:

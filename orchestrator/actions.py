@@ -686,3 +686,19 @@ def record_delivery(pipeline: Pipeline, signature: str, *, now: datetime | None 
     except IntegrityError:
         return False
     return True
+
+
+def rotate_webhook_secret(pipeline: Pipeline, *, actor, now: datetime | None = None) -> str:
+    """Give `pipeline` a new webhook secret and return it (the caller shows it once; it is
+    never listed or logged). Requests signed with the old secret are refused from the commit
+    on. Audited as "pipeline.webhook_rotate" without the secret. The caller checks that
+    `actor` may change the pipeline."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        # NO KEY: see trigger_run.
+        locked = Pipeline.objects.select_for_update(no_key=True).get(pk=pipeline.pk)
+        locked.webhook_secret = Pipeline._meta.get_field("webhook_secret").get_default()
+        locked.save(update_fields=["webhook_secret"])
+        audit.record(actor, "pipeline.webhook_rotate", locked, at=now)
+    pipeline.webhook_secret = locked.webhook_secret
+    return locked.webhook_secret

@@ -130,15 +130,15 @@ def ansi(line: str):
 
 
 @register.simple_tag
-def log_lines(step_id: int, lines: list[dict]):
-    """A step's log lines as the run page shows them (`lines` from views._log_line_parts):
+def log_lines(step_id: int, lines: list[dict], first: int = 0):
+    """A step's log lines as the run page shows them (`lines` from dashboard.logs.line_parts):
     numbered, linkable, stderr marked, ANSI colours as spans. Built here rather than with a
     template loop: a page may hold thousands of lines, and the template engine costs about
     ten times as much per line. live.js renders the lines that arrive later the same way."""
     if not lines:
         return mark_safe('<div class="log-empty">No output yet.</div>')
     out = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(lines, first + 1):  # `first`: offset of the first line
         anchor = f"s{step_id}-L{number}"
         css = "log-line log-stderr" if line["stderr"] else "log-line"
         stamp = ""

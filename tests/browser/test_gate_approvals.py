@@ -152,7 +152,9 @@ def test_approvers_open_the_production_gate_live(world, login, shot, stack):
     assert run.status == RunStatus.SUCCEEDED
 
 
-def test_self_approval_is_refused_in_the_panel(world, login, shot, make_user, stack):
+def test_self_approval_is_not_offered_and_answers_survive_a_refresh(
+    world, login, shot, make_user, stack
+):
     from governance.models import Approval, Gate, GateStatus
 
     # The change is sam's (run parameter author): he may not approve its deployment. A third
@@ -175,34 +177,35 @@ def test_self_approval_is_refused_in_the_panel(world, login, shot, make_user, st
         "data-status", "waiting"
     )
     sam.wait_for_function(PANEL_IDLE)
-    # The panel already says why (sam is struck through in the sre row)...
+    # The panel says why (sam is struck through in the sre row), and offers no button that
+    # would be refused (issue 18).
     expect(sam.locator('#gate-panel tr[data-rule-group="sre"] s')).to_have_text("sam")
-
-    # ...and trying anyway shows the refusal in the panel.
-    _approve_in_panel(sam, "Looks fine to me")
-    error = sam.locator("#gate-error")
-    expect(error).to_be_visible()
-    expect(error).to_contain_text("separation of duties")
-    expect(error).to_contain_text("sam is the author of the change")
-    expect(sam.locator("#gate-notice")).to_have_count(0)
-    expect(sam.locator("#run-status")).to_have_attribute("data-status", "waiting")
-    expect(sam.locator("h1")).to_contain_text("Payments API")  # the run page, no error page
+    expect(sam.locator("form#approve-form")).to_have_count(0)
+    refusal = sam.locator("#approve-refusal")
+    expect(refusal).to_contain_text("Separation of duties")
+    expect(refusal).to_contain_text("sam is the author of the change")
     expect_live(sam)
     shot(sam, "09-gate-self-approval-refused")
+    assert same_document(sam)
 
-    # Again, just as the panel re-fetches itself: sara approves through the API, the gate
-    # event makes sam's panel re-fetch itself, and sam clicks while that GET is on its way.
-    # The test holds both requests to force the losing order: the refresh lands first and
-    # replaces the panel, then the decision's answer arrives. It must still be shown (the
-    # forms answer into #gate-panel-slot, not into the panel the refresh replaced).
+    # sofia decides just as her panel re-fetches itself: sara approves through the API, the
+    # gate event makes sofia's panel re-fetch itself, and sofia clicks while that GET is on
+    # its way. The test holds both requests to force the losing order: the refresh lands
+    # first and replaces the panel, then the decision's answer arrives. It must still be
+    # shown (the forms answer into #gate-panel-slot, not into the panel the refresh replaced).
+    sofia = login(world.sofia)
+    sofia.goto(f"/runs/{run.pk}/")
+    expect_live(sofia)
+    mark_document(sofia)
+    sofia.wait_for_function(PANEL_IDLE)
     held: dict[str, list] = {"get": [], "post": []}
-    sam.route("**/gate-panel/", lambda route: held["get"].append(route))
-    sam.route("**/decide/", lambda route: held["post"].append(route))
+    sofia.route("**/gate-panel/", lambda route: held["get"].append(route))
+    sofia.route("**/decide/", lambda route: held["post"].append(route))
     _api_approve(stack, world.sara, gate, "SRE approval")
-    sam.wait_for_function(PANEL_BUSY)
-    sam.locator("form#approve-form textarea[name=comment]").fill("Trying again")
-    with sam.expect_request("**/decide/"):
-        sam.locator("form#approve-form button[name=decision][value=approve]").click()
+    sofia.wait_for_function(PANEL_BUSY)
+    sofia.locator("form#approve-form textarea[name=comment]").fill("Security is fine")
+    with sofia.expect_request("**/decide/"):
+        sofia.locator("form#approve-form button[name=decision][value=approve]").click()
     for route in held["get"]:
         try:
             route.continue_()
@@ -210,19 +213,19 @@ def test_self_approval_is_refused_in_the_panel(world, login, shot, make_user, st
             pass
     for route in held["post"]:
         route.continue_()
-    sam.unroute("**/gate-panel/")
-    sam.unroute("**/decide/")
-    # The answer is in the page: the refusal, in a panel that counts sara's approval.
-    answered = sam.locator(
-        '#gate-panel:has(tr[data-rule-group="sre"]:has-text("1 more")):has(#gate-error)'
+    sofia.unroute("**/gate-panel/")
+    sofia.unroute("**/decide/")
+    # The answer is in the page, in a panel that counts sara's approval.
+    answered = sofia.locator(
+        '#gate-panel:has(tr[data-rule-group="sre"]:has-text("1 more")):has-text("You approved")'
     )
     expect(answered).to_be_visible(timeout=5_000)
-    expect(error).to_contain_text("sam is the author of the change")
-    assert same_document(sam), "the refusal reloaded the page"
+    assert same_document(sofia), "the decision reloaded the page"
 
     assert not Approval.objects.filter(gate=gate, user=world.sam).exists()
-    assert list(Approval.objects.filter(gate=gate).values_list("user__username", flat=True)) == [
-        "sara"
+    assert sorted(Approval.objects.filter(gate=gate).values_list("user__username", flat=True)) == [
+        "sara",
+        "sofia",
     ]
     gate.refresh_from_db()
     assert gate.status == GateStatus.WAITING

@@ -85,7 +85,10 @@ def test_separation_of_duties_is_shown_in_the_panel(
     assert response.status_code == 200
     body = response.content.decode()
     assert 'id="gate-error"' in body and "separation of duties" in body
-    assert "mine" in body  # the comment is kept in the form
+    # No form is offered to someone who would be refused; the panel says why instead.
+    assert '<form id="approve-form"' not in body
+    assert 'id="approve-refusal"' in body
+    assert "Separation of duties: sam triggered this run and may not approve it." in body
     assert not gate.approvals.exists()
 
 
@@ -112,6 +115,14 @@ def test_override_from_the_panel(soft_policy, run_at_gate, approver, htmx_client
     justification = "Hotfix for INC-4711, agreed with the on-call lead."
     body = client.post(
         f"/runs/{run.pk}/gates/{gate.pk}/override/", {"justification": justification}
+    ).content.decode()
+    # First a confirmation step that names the denial; nothing is recorded yet.
+    assert 'id="override-confirm-form"' in body
+    assert "change-window</span> v1" in body and "outside the change windows" in body
+    assert not gate.overrides.exists()
+    body = client.post(
+        f"/runs/{run.pk}/gates/{gate.pk}/override/",
+        {"justification": justification, "confirm": "yes"},
     ).content.decode()
     assert gate.overrides.get().justification == justification
     assert 'class="flag-override"' in body and justification in body

@@ -124,10 +124,37 @@ def test_governance_metrics(history, developer, now):
     assert (m.gates, m.decided_gates, m.overridden_gates) == (4, 3, 1)
     assert m.approval_wait == timedelta(minutes=30)
     assert m.override_rate == pytest.approx(1 / 3)
+    # Final outcomes only: a (overridden past change-window) is a block; b ended open, so
+    # change-window's error there blocked nothing in the end; d was rejected by a person.
     assert m.blocks_per_policy == [
-        {"policy": "change-window", "gates": 2},
-        {"policy": "freeze", "gates": 1},
+        {"policy": "change-window", "gates": 1, "evaluated": 2, "rate": 0.5},
+        {"policy": "freeze", "gates": 0, "evaluated": 2, "rate": 0.0},
     ]
+
+
+def test_blocks_count_final_outcomes_not_every_denial(history, developer, now):
+    """Issue 18 point 5: prod-approvals denied 76 times while 10 gates were blocked. A
+    denial that approvals later lifted is no block; a gate blocked by the policy is."""
+    from governance.models import GateStatus, PolicyDecision
+
+    gates = history
+    freeze = PolicyDecision.objects.filter(policy_version__policy__name="freeze").first()
+    version = freeze.policy_version
+    # c: denied twice while waiting for approvals, then passed (the current decision).
+    PolicyDecision.objects.filter(gate=gates["c"]).update(current=False)
+    for result, current in [("deny", False), ("deny", False), ("pass", True)]:
+        PolicyDecision.objects.create(
+            gate=gates["c"], policy_version=version, enforcement=version.enforcement,
+            input_hash="h", result=result, current=current,
+        )  # fmt: skip
+    gates["c"].status = GateStatus.OPEN
+    gates["c"].save(update_fields=["status"])
+    # d: now blocked by freeze for good.
+    gates["d"].status = GateStatus.BLOCKED
+    gates["d"].save(update_fields=["status"])
+    rows = {r["policy"]: r for r in metrics.compute(developer, 30, now=now).blocks_per_policy}
+    assert (rows["freeze"]["gates"], rows["freeze"]["evaluated"]) == (1, 2)
+    assert rows["freeze"]["rate"] == pytest.approx(0.5)
 
 
 def test_chart_has_every_day_of_the_period(history, developer, now):

@@ -145,7 +145,7 @@ def test_override_by_role(role, expected, people, soft_policy, run_at_gate, htmx
     run, gate = run_at_gate()
     response = htmx_client_for(people[role]).post(
         f"/runs/{run.pk}/gates/{gate.pk}/override/",
-        {"justification": "Hotfix for INC-4711, agreed with the on-call lead."},
+        {"justification": "Hotfix for INC-4711, agreed with the on-call lead.", "confirm": "yes"},
     )
     assert response.status_code == expected
     assert gate.overrides.exists() == (expected == 200)

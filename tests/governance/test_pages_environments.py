@@ -230,3 +230,28 @@ def test_malformed_windows_do_not_break_the_page(admin, production):
     assert response.status_code == 200
     assert "its windows are malformed" in response.content.decode()
     assert admin.get("/environments/").status_code == 200
+
+
+def test_saving_keeps_the_seconds_of_a_freeze_window(admin, production):
+    """Issue 18 point 7: the year-end freeze ends at 23:59:59; saving the form for another
+    change (the reminder) must leave the window exactly as stored, and the audit event
+    mentions only the reminder."""
+    stored = {
+        "start": "2026-12-20T00:00:00+00:00",
+        "end": "2026-12-31T23:59:59+00:00",
+        "reason": "Year end",
+    }
+    production.freeze_windows = [stored]
+    production.save(update_fields=["freeze_windows"])
+    page = admin.get("/environments/production/").content.decode()
+    assert 'value="2026-12-31T23:59:59"' in page and 'step="1"' in page
+    shown = {"start": "2026-12-20T00:00:00", "end": "2026-12-31T23:59:59", "reason": "Year end"}
+    response = admin.post(
+        "/environments/production/", edit_form(production, freeze=[shown], reminder_minutes="90")
+    )
+    assert response.status_code == 302
+    production.refresh_from_db()
+    assert production.freeze_windows == [stored]
+    assert production.reminder_minutes == 90
+    event = AuditEvent.objects.filter(action="environment.update").get()
+    assert set(event.details["changes"]) == {"reminder_minutes"}

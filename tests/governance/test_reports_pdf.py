@@ -179,7 +179,13 @@ def test_page_flow_pdf_job_progress_and_download(client, scenario, monkeypatch):
     assert 'style="' not in html and "<style" not in html and "onclick" not in html
 
     response = client.post("/reports/", {**PERIOD, "environment": "production", "export": "pdf"})
-    assert response.status_code == 302 and response["Location"].endswith("/reports/#jobs")
+    assert response.status_code == 302
+    # Back to the form with the filters kept (issue 18).
+    assert response["Location"].endswith(
+        "/reports/?from=2026-01-01&to=2026-01-31&environment=production#jobs"
+    )
+    kept = client.get(response["Location"]).content.decode()
+    assert '<option value="production" selected>' in kept and 'value="2026-01-01"' in kept
     job = ReportJob.objects.get()
     assert job.filters["environment"] == "production"
 

@@ -466,6 +466,23 @@ ROUTES: dict[str, Route] = {
         ),
     ),
     "dashboard:pipeline_versions": Route(slug, (Check(allowed=SEES, hidden=HIDDEN),)),
+    # A step's raw log: whoever sees the run.
+    "dashboard:step_log_raw": Route(
+        lambda w: {"run_id": w.run.pk, "step_id": w.step.pk},
+        (Check(allowed=SEES, hidden=HIDDEN),),
+    ),
+    "dashboard:step_log_window": Route(
+        lambda w: {"run_id": w.run.pk, "step_id": w.step.pk},
+        (Check(query="?before=1", allowed=SEES, hidden=HIDDEN),),
+    ),
+    # The webhook page and "rotate the secret": those who may change the pipeline.
+    "dashboard:pipeline_webhook": Route(
+        slug,
+        (
+            Check(allowed=RUNS, hidden=HIDDEN),
+            Check("post", data={"action": "rotate"}, allowed=RUNS, ok=302, hidden=HIDDEN),
+        ),
+    ),
     "dashboard:pipeline_diff": Route(
         slug, (Check(query="?from=1&to=1", allowed=SEES, hidden=HIDDEN),)
     ),
