@@ -424,9 +424,10 @@ def _binding_dir() -> Path:
 
 def _sandbox_argv(memory_limit_mb: int, info_fd: int) -> list[str]:
     """bubblewrap around the evaluator: its own network namespace (no interface but a
-    loopback of its own), a read-only view of /usr and the Python installation only, the
-    evaluator script and the OPA binding bound at /clearway, an empty /tmp; no /proc, no
-    home, no Clearway directory (settings, var/, database file, keys)."""
+    loopback of its own), a read-only root holding a read-only view of /usr and the Python
+    installation only, the evaluator script and the OPA binding bound at /clearway, an empty
+    private /tmp; no /proc, no home, no Clearway directory (settings, var/, database file,
+    keys)."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise _WorkerFailure(
@@ -453,6 +454,7 @@ def _sandbox_argv(memory_limit_mb: int, info_fd: int) -> list[str]:
         "--ro-bind", str(WORKER_PATH), "/clearway/rego_worker.py",
         "--dev", "/dev",
         "--tmpfs", "/tmp",  # noqa: S108 (a fresh tmpfs inside the sandbox)
+        "--remount-ro", "/",  # after every mount under it: nothing but /tmp is writable
         "--unshare-net", "--unshare-ipc", "--unshare-uts",
         "--unshare-cgroup-try", "--unshare-user-try",
         "--die-with-parent", "--new-session",
