@@ -604,3 +604,31 @@ def test_docs_show_the_schema_and_a_valid_full_example():
     jsonschema.validate(full, rego.INPUT_SCHEMA)
     assert full == EXAMPLE_INPUT
     jsonschema.validate(rego.PROBE_INPUT, rego.INPUT_SCHEMA)
+
+
+def test_a_batch_request_is_answered_in_one_line():
+    request = {
+        "id": 7,
+        "op": "evaluate",
+        "batch": True,
+        "input": example(run__parameters={"fail": True}),
+        "policies": [{"name": "simple", "source": SIMPLE}, {"name": "broken", "source": "x"}],
+    }
+    proc = subprocess.run(
+        [sys.executable, "-I", str(ROOT / "governance" / "rego_worker.py")],
+        input=(json.dumps(request) + "\n").encode(),
+        capture_output=True,
+        timeout=30,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0, proc.stderr
+    assert len(lines) == 2 and lines[0]["ready"] is True
+    (first, second) = lines[1]["results"]
+    assert lines[1]["id"] == 7
+    assert (first["deny"], first["warn"], first["error"]) == (
+        ["run 42 asked to fail"],
+        ["no branch given"],
+        None,
+    )
+    assert "missing package declaration" in second["error"]

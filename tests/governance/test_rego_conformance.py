@@ -632,8 +632,36 @@ def test_a_dangling_comparison_is_refused():
             2,
             1,
         ),
+        # OPA 1.x's strict checks that are always on (its "strict mode" page)
+        (
+            'deny contains "x" if {\n  re_match("a", "a")\n}',
+            "rego_type_error: deprecated built-in function calls in expression: re_match",
+            2,
+            3,
+        ),
+        (
+            'import data.a\nimport data.a\ndeny contains "x" if true',
+            "rego_compile_error: import must not shadow import data.a",
+            2,
+            1,
+        ),
+        (
+            'deny contains "x" if {\n  input := 1\n}',
+            "rego_compile_error: variables must not shadow input",
+            2,
+            3,
+        ),
     ],
-    ids=["undefined-function", "unsafe-variable", "assigned-twice", "type-error", "conflict"],
+    ids=[
+        "undefined-function",
+        "unsafe-variable",
+        "assigned-twice",
+        "type-error",
+        "conflict",
+        "deprecated-builtin",
+        "duplicate-import",
+        "input-shadowed",
+    ],
 )
 def test_compile_errors_are_refused_with_opas_message(body, message, line, column):
     errors = refused(policy(body))

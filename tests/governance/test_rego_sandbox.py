@@ -173,7 +173,8 @@ def test_the_sandbox_shows_no_clearway_file(tmp_path):
         "import json, os, socket; paths = json.loads(os.environ.get('P', '[]')) or %s; "
         "print(json.dumps({'seen': [p for p in paths if os.path.exists(p)], "
         "'interfaces': [n for _, n in socket.if_nameindex()], "
-        "'root': sorted(os.listdir('/')), 'env': dict(os.environ)}))"
+        "'root': sorted(os.listdir('/')), 'env': dict(os.environ), "
+        "'writable': [d for d in ('/', '/usr', '/clearway', '/tmp') if os.access(d, os.W_OK)]}))"
     )
     secret = tmp_path / "key"
     secret.write_text("not for policies")
@@ -190,6 +191,7 @@ def test_the_sandbox_shows_no_clearway_file(tmp_path):
     assert out.returncode == 0, out.stderr
     view = json.loads(out.stdout)
     assert view["seen"] == []
+    assert view["writable"] == ["/tmp"]  # a read-only root; /tmp is the sandbox's own
     assert view["interfaces"] == ["lo"]  # its own network namespace: a loopback only
     assert "clearway" in view["root"] and "home" not in view["root"]
     assert set(view["env"]) <= {"PATH", "LANG", "LC_ALL", "GOMEMLIMIT", "PWD", "LC_CTYPE"}
