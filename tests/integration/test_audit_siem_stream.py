@@ -9,6 +9,8 @@ import re
 import threading
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connections, transaction
 
 from governance import audit, siem
@@ -21,6 +23,14 @@ pytestmark = pytest.mark.integration
 
 BATCH = 20
 TOKEN = "hec-token-for-tests"
+
+
+def own_redis_db() -> str:
+    """A Redis db index next to the session's, flushed: a broker no other worker reads."""
+    base, _, index = settings.REDIS_URL.rpartition("/")
+    url = f"{base}/{(int(index or 0) + 1) % 16}"
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 def events(n: int, start: int = 0) -> None:
@@ -56,10 +66,15 @@ def test_https_receiver_killed_mid_stream_gets_every_seq_in_order(live_db, log_d
             "batch": BATCH,
         }
     ]
+    # A broker of its own: the session's worker (other tests') would take this beat's
+    # delivery tasks without the stream configured.
+    broker = own_redis_db()
     env = {
         "CLEARWAY_AUDIT_STREAMS": json.dumps(streams),
         "CLEARWAY_AUDIT_STREAM_INTERVAL": "1",
         "TEST_HEC_TOKEN": TOKEN,
+        "REDIS_URL": broker,
+        "CELERY_BROKER_URL": broker,
     }
     events(60)
     worker = start_worker(live_db, log_dir, name="w-siem", extra_env=env)

@@ -12,7 +12,9 @@ from rest_framework.authtoken.models import Token
 
 from governance.models import AuditEvent
 from orchestrator import actions
-from orchestrator.models import Team
+from orchestrator.models import Run, Team
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +36,7 @@ def _developer() -> User:
 
 
 def test_a_run_triggered_with_a_spoofed_forwarded_for_is_audited_with_the_real_address(
-    live_db, asgi_server
+    live_db, asgi_server, worker
 ):
     user = _developer()
     pipeline = actions.create_pipeline(
@@ -50,6 +52,10 @@ def test_a_run_triggered_with_a_spoofed_forwarded_for_is_audited_with_the_real_a
     assert response.status_code == 201, response.text
     event = AuditEvent.objects.get(action="run.trigger", target_id=str(response.json()["id"]))
     assert event.ip == "127.0.0.1"
+    # Let the session's worker finish the run before the database is flushed (a step still
+    # writing while the flush truncates is a deadlock).
+    run_id = response.json()["id"]
+    wait_for(lambda: Run.objects.get(pk=run_id).is_terminal, 60, what="the run to end")
 
 
 def test_six_failed_token_requests_with_different_forwarded_for_are_locked_out(
