@@ -36,12 +36,20 @@ class Environment(models.Model):
     approval_ttl_hours = models.PositiveIntegerField(default=24)
     reminder_minutes = models.PositiveIntegerField(default=60)
     notify_webhook_url = models.URLField(blank=True)
+    # The step sandbox (orchestrator/sandbox.py): "none" cuts the network of every step of
+    # the stages that target this environment; step_limits overrides the installation's
+    # default limits ({"memory_mb", "processes", "cpu_seconds"}, each optional).
+    network = models.CharField(
+        max_length=10, choices=[("default", "default"), ("none", "none")], default="default"
+    )
+    step_limits = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["name"]
         permissions = [
             ("approve_environment", "Can approve deployments to the environment"),
             ("override_environment", "Can override soft-mandatory denials (break-glass)"),
+            ("manage_secrets", "Can create, replace, rotate and delete the environment's secrets"),
         ]
 
     def __str__(self) -> str:

@@ -187,10 +187,19 @@ def _known_environments() -> list[str]:
     return list(Environment.objects.values_list("name", flat=True))
 
 
+def _parse(definition: str, team: Team) -> dict:
+    """The spec, checked against what exists: environments, the step limits' maximum."""
+    return spec.parse_pipeline(
+        definition,
+        environments=_known_environments(),
+        limits_max=settings.CLEARWAY["STEP_LIMITS_MAX"],
+    )
+
+
 def create_pipeline(
     *, actor, slug: str, definition: str, team: Team, now: datetime | None = None
 ) -> Pipeline:
-    parsed = spec.parse_pipeline(definition, environments=_known_environments())
+    parsed = _parse(definition, team)
     now = now or timezone.now()
     with transaction.atomic():
         if Pipeline.objects.filter(slug=slug).exists():
@@ -229,7 +238,7 @@ def _grant_team(pipeline: Pipeline) -> None:
 def update_pipeline(
     pipeline: Pipeline, *, actor, definition: str, now: datetime | None = None
 ) -> PipelineVersion:
-    parsed = spec.parse_pipeline(definition, environments=_known_environments())
+    parsed = _parse(definition, pipeline.team)
     now = now or timezone.now()
     with transaction.atomic():
         # NO KEY: see trigger_run.
@@ -525,8 +534,13 @@ def _finish(
         if step is None:
             return None, None
         step.stage = next(s for s in stages if s.pk == step.stage_id)
+        if step.attempt != attempt:
+            # Fenced: a newer attempt exists (the reaper gave this one up). Nothing of the
+            # stale attempt is written — neither its outcome nor its last log lines.
+            _refuse_stale_finish(step, run, attempt, now)
+            return None, None
         fields = log.write_locked(step) if log is not None else []
-        if step.status != StepStatus.RUNNING or step.attempt != attempt:
+        if step.status != StepStatus.RUNNING:
             if fields:
                 fastsql.update(step, fields)
             if not run.is_terminal:
@@ -568,6 +582,26 @@ def _finish(
             dispatch_after_commit(outcome)
         advanced = _advance_locked(run, now, stages=stages, steps=steps, claim_for=claim_for)
     return step, advanced.claimed
+
+
+def _refuse_stale_finish(step: StepRun, run: Run, attempt: int, now: datetime) -> None:
+    logger.warning(
+        "refused the finish of step %s attempt %s: attempt %s is current",
+        step.pk,
+        attempt,
+        step.attempt,
+    )
+    audit.record(
+        None,
+        "step.finish_refused",
+        step,
+        at=now,
+        run=run.pk,
+        attempt=attempt,
+        current_attempt=step.attempt,
+        outcome=Outcome.FAILURE,
+        reason="stale attempt",
+    )
 
 
 def heartbeat(step_id: int, attempt: int, *, write: bool = True) -> bool:

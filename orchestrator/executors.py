@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F
 
-from . import actions, events, fastsql
-from .models import LogChunk, StepRun
+from . import actions, events, fastsql, sandbox
+from .models import LogChunk, Run, StepRun
 
 MAX_LINE_CHARS = 8192
 
@@ -152,14 +152,22 @@ class LogWriter:
 
 class Pulse:
     """A running step's link to the database: every second a cheap read notices a cancel (or
-    a reap); every HEARTBEAT_SECONDS a write refreshes the heartbeat the reaper watches."""
+    a reap); every HEARTBEAT_SECONDS a write refreshes the heartbeat the reaper watches.
+
+    The heartbeat is also the attempt's lease. The reaper gives a step up (and may start the
+    next attempt) once its heartbeat is HEARTBEAT_TIMEOUT old; so the supervisor stops the
+    step itself when it could not renew the heartbeat for half of that (database gone, the
+    process stalled): by the time the reaper acts, this attempt can no longer be running —
+    or its supervisor is dead, and the step died with it (--die-with-parent)."""
 
     CHECK_SECONDS = 1.0
 
     def __init__(self, step: StepRun):
         self.step = step
         self.write_every = settings.CLEARWAY["HEARTBEAT_SECONDS"]
-        self.last_check = self.last_write = time.monotonic()
+        self.lease = settings.CLEARWAY["HEARTBEAT_TIMEOUT"] / 2
+        self.last_check = self.last_write = self.last_renewed = time.monotonic()
+        self.reason = ""
 
     def alive(self) -> bool:
         now = time.monotonic()
@@ -169,7 +177,21 @@ class Pulse:
         write = now - self.last_write >= self.write_every
         if write:
             self.last_write = now
-        return actions.heartbeat(self.step.pk, self.step.attempt, write=write)
+        try:
+            mine = actions.heartbeat(self.step.pk, self.step.attempt, write=write)
+        except DatabaseError:
+            if now - self.last_renewed > self.lease:
+                self.reason = (
+                    f"lost the database for {now - self.last_renewed:.0f} s: the attempt's "
+                    "lease ran out, so it stops before the reaper may start another"
+                )
+                return False
+            return True
+        if write and mine:
+            self.last_renewed = now
+        if not mine:
+            self.reason = "canceled"
+        return mine
 
 
 @dataclass
@@ -194,6 +216,7 @@ def _child_env(step: StepRun, run, stage) -> dict[str, str]:
         CLEARWAY_PIPELINE=run.pipeline.slug,
         CLEARWAY_STAGE=stage.name,
         CLEARWAY_STEP=step.name,
+        CLEARWAY_ATTEMPT=str(step.attempt),
         CLEARWAY_ENVIRONMENT=stage.environment.name if stage.environment_id else "",
     )
     for key, value in (step.config.get("env") or {}).items():
@@ -222,28 +245,56 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
     workspace = actions.workspace_for(run.pk)
     workspace.mkdir(parents=True, exist_ok=True)
     env = _child_env(step, run, stage)
-    env["HOME"] = str(workspace)
-    env["CLEARWAY_WORKSPACE"] = str(workspace)
     timeout = float(step.config.get("timeout") or 600)
     log.add(f"$ {step.config['run']}" if "\n" not in step.config["run"] else "$ <script>")
     # Running a shell command is the feature; parameters reach it only as environment
     # variables (see the module docstring), never spliced into the text.
-    proc = subprocess.Popen(
-        ["/bin/sh", "-c", step.config["run"]],
-        cwd=workspace,
+    if sandbox.enabled():
+        environment = stage.environment if stage.environment_id else None
+        plan = sandbox.launch(
+            step.config["run"],
+            run_id=run.pk,
+            workspace=workspace,
+            env=env,
+            limits=sandbox.limits_for(step.config, environment),
+            network=not sandbox.network_off(step.config, environment),
+        )
+        argv, cwd, preexec = plan.argv, plan.cwd, plan.preexec_fn
+        env = plan.env
+    else:
+        _mark_unsandboxed(run, log)
+        env["HOME"] = env["CLEARWAY_WORKSPACE"] = str(workspace)
+        argv, cwd, preexec = ["/bin/sh", "-c", step.config["run"]], str(workspace), None
+    proc = subprocess.Popen(  # noqa: PLW1509 (preexec only sets rlimits: no locks taken)
+        argv,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=preexec,
     )
     with _running_lock:
         _running.add(proc)
     try:
         return _supervise(proc, step, log, timeout)
+    except BaseException:
+        # Whatever went wrong here (the database, the worker going down), the step does not
+        # go on unsupervised.
+        _kill_group(proc, grace=0.5)
+        raise
     finally:
         with _running_lock:
             _running.discard(proc)
+
+
+def _mark_unsandboxed(run, log: LogWriter) -> None:
+    """CLEARWAY_SANDBOX=off: say so in the step's log and on the run (pages, reports)."""
+    log.add("[clearway] WARNING: CLEARWAY_SANDBOX=off — this step runs WITHOUT the sandbox")
+    if run.sandboxed:
+        Run.objects.filter(pk=run.pk).update(sandboxed=False)
+        run.sandboxed = False
 
 
 def _supervise(proc: subprocess.Popen, step: StepRun, log: LogWriter, timeout: float) -> Result:
@@ -291,7 +342,7 @@ def _supervise(proc: subprocess.Popen, step: StepRun, log: LogWriter, timeout: f
             _kill_group(proc)
             break
         if not pulse.alive():
-            stop_reason = "canceled"
+            stop_reason = pulse.reason
             _kill_group(proc)
             break
     for stream_file in (proc.stdout, proc.stderr):

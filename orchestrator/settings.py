@@ -291,6 +291,26 @@ CLEARWAY = {
     "WEBHOOK_TOLERANCE": env.int("CLEARWAY_WEBHOOK_TOLERANCE", default=300),
     # Refuse webhook requests without a timestamp (body-only signatures can be replayed).
     "WEBHOOK_REQUIRE_TIMESTAMP": env.bool("CLEARWAY_WEBHOOK_REQUIRE_TIMESTAMP", default=False),
+    # Steps run under bubblewrap (docs/security.md). "off" runs them WITHOUT isolation: only
+    # on purpose, with a warning at start, a banner on run pages and a mark on each run.
+    "SANDBOX": env.str("CLEARWAY_SANDBOX", default="on").lower(),
+    # Extra host paths hidden from steps (colon-separated), beside the built-in ones.
+    "SANDBOX_HIDE": env.str("CLEARWAY_SANDBOX_HIDE", default=""),
+    # Root workers drop a step to uid/gid STEP_UID_BASE + run id % STEP_UID_RANGE.
+    "STEP_UID_BASE": env.int("CLEARWAY_STEP_UID_BASE", default=200_000),
+    "STEP_UID_RANGE": env.int("CLEARWAY_STEP_UID_RANGE", default=50_000),
+    # Per-step resource limits: defaults (an environment may set its own) and the maximum a
+    # pipeline may ask for with `limits:`.
+    "STEP_LIMITS": {
+        "memory_mb": env.int("CLEARWAY_STEP_MEMORY_MB", default=2048),
+        "processes": env.int("CLEARWAY_STEP_PROCESSES", default=512),
+        "cpu_seconds": env.int("CLEARWAY_STEP_CPU_SECONDS", default=3600),
+    },
+    "STEP_LIMITS_MAX": {
+        "memory_mb": env.int("CLEARWAY_STEP_MEMORY_MB_MAX", default=16384),
+        "processes": env.int("CLEARWAY_STEP_PROCESSES_MAX", default=4096),
+        "cpu_seconds": env.int("CLEARWAY_STEP_CPU_SECONDS_MAX", default=86400),
+    },
 }
 
 LOGGING = {

@@ -5,7 +5,6 @@ with Ctrl-C (SIGINT) and check that nothing it started is left behind."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.processes import host_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ stages:
   - name: sleep
     steps:
       - name: sleep
-        run: echo "pid $$"; sleep 120
+        run: echo started; sleep 120.0419
 """
 
 
@@ -64,6 +65,13 @@ def _descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -186,22 +194,14 @@ def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_pat
                 headers=headers,
                 json={"slug": "sleeper", "team": "ops", "definition": SLEEPER},
             )
-            sleeper = http.post(
-                "/api/v1/pipelines/sleeper/runs/", headers=headers, json={"parameters": {}}
-            ).json()
+            http.post("/api/v1/pipelines/sleeper/runs/", headers=headers, json={"parameters": {}})
 
-            def step_pid():
-                body = http.get(f"/api/v1/runs/{sleeper['id']}/").json()
-                step_id = body["stages"][0]["steps"][0]["id"]
-                text = " ".join(
-                    http.get(f"/api/v1/runs/{sleeper['id']}/log/", params={"step": step_id}).json()[
-                        "lines"
-                    ]
-                )
-                found = re.search(r"pid (\d+)", text)
-                return int(found.group(1)) if found else None
-
-            sleeper_pid = _wait(step_pid, 30, "the sleeping step to start")
+            # The step's pid namespace is its own: find its sleep on the host by its command.
+            [sleeper_pid] = _wait(
+                lambda: [p for p in host_pids("sleep 120.0419") if _comm(p) == "sleep"],
+                30,
+                "the sleeping step to start",
+            )
         started = _descendants(proc.pid)
         assert sleeper_pid in started
         proc.send_signal(signal.SIGINT)

@@ -18,7 +18,9 @@ import threading
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+
+from orchestrator import sandbox
 
 logger = logging.getLogger("clearway.standalone")
 
@@ -34,6 +36,13 @@ class Command(BaseCommand):
         parser.add_argument("--no-beat", action="store_true")
 
     def handle(self, *args, **opts):
+        # Steps run under bubblewrap; without it, refuse rather than run them unisolated.
+        try:
+            warning = sandbox.startup_check("standalone server")
+        except sandbox.SandboxUnavailable as exc:
+            raise CommandError(f"Clearway refuses to start: {exc}") from None
+        if warning:
+            self.stderr.write(self.style.WARNING(warning))
         call_command("migrate", interactive=False, verbosity=0)
         seeded = False
         if not opts["no_demo"]:
@@ -135,6 +144,12 @@ class Command(BaseCommand):
             f"  database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]}, "
             f"broker: {settings.CELERY_BROKER_URL.split('://', 1)[0]}, "
             f"channel layer: {settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[-1]}",
+            "  steps: "
+            + (
+                "sandboxed (bubblewrap)"
+                if sandbox.enabled()
+                else "NOT SANDBOXED (CLEARWAY_SANDBOX=off)"
+            ),
         ]
         if demo and password:
             lines += [
