@@ -43,7 +43,7 @@ from governance.models import (
     Tier,
 )
 from governance.permissions import can, pipelines, restrict
-from orchestrator import actions
+from orchestrator import actions, sandbox
 from orchestrator.models import (
     RUN_TERMINAL,
     LogChunk,
@@ -695,6 +695,7 @@ def run_detail(request, run_id: int):
         "columns": stage_columns(stages, name=lambda s: s.name, needs=lambda s: s.needs),
         "terminal": run.status in RUN_TERMINAL,
         "parameters": sorted((run.parameters or {}).items()),
+        "sandbox_off": not sandbox.enabled(),
         **gate_panel_context(request.user, run),
     }
     return render(request, "dashboard/run.html", context)
