@@ -443,9 +443,7 @@ def test_the_async_adapter_batches_and_closes():
     assert closed == [True]
 
 
-def test_rows_say_whether_the_deployment_ran_sandboxed_and_which_secrets_it_got(
-    scenario, carl
-):
+def test_rows_say_whether_the_deployment_ran_sandboxed_and_which_secrets_it_got(scenario, carl):
     from orchestrator.models import Run, StepRun
 
     _, _, doc = export(carl, "json")
