@@ -259,13 +259,12 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
             limits=sandbox.limits_for(step.config, environment),
             network=not sandbox.network_off(step.config, environment),
         )
-        argv, cwd, preexec = plan.argv, plan.cwd, plan.preexec_fn
-        env = plan.env
+        argv, cwd, env = plan.argv, plan.cwd, plan.env
     else:
         _mark_unsandboxed(run, log)
         env["HOME"] = env["CLEARWAY_WORKSPACE"] = str(workspace)
-        argv, cwd, preexec = ["/bin/sh", "-c", step.config["run"]], str(workspace), None
-    proc = subprocess.Popen(  # noqa: PLW1509 (preexec only sets rlimits: no locks taken)
+        argv, cwd = ["/bin/sh", "-c", step.config["run"]], str(workspace)
+    proc = subprocess.Popen(
         argv,
         cwd=cwd,
         env=env,
@@ -273,7 +272,6 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=preexec,
     )
     with _running_lock:
         _running.add(proc)

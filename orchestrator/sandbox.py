@@ -2,8 +2,7 @@
 
 `launch()` turns a step's script into the command line of `bwrap` plus what the executor
 passes to Popen: the environment (built by the executor: exactly the CLEARWAY_* variables,
-the step's `env:` and its released secrets), the resource limits (applied in the child
-before bwrap starts, inherited by everything the step starts) and the workspace.
+the step's `env:` and its released secrets) and the workspace.
 
 What the step gets:
 - its own PID, IPC, UTS and (where the kernel allows) cgroup namespaces: it sees no worker
@@ -33,6 +32,9 @@ The step dies with its supervisor: `--die-with-parent` (PR_SET_PDEATHSIG) kills 
 sandbox's init when the executor's thread or process dies, even by SIGKILL, and with it the
 whole PID namespace. A prefork worker's child gets PR_SET_PDEATHSIG too
 (`die_with_parent`, from tasks.py), so SIGKILL of the main worker process reaches it.
+
+Resource limits are rlimits set by the step's shell before it runs the script, inherited
+by everything it starts (see Limits.shell).
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ import ctypes
 import functools
 import logging
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -81,14 +82,19 @@ class Limits:
     processes: int
     cpu_seconds: int
 
-    def apply(self) -> None:
-        """In the child, before exec (async-signal-safe enough: no locks are taken)."""
-        memory = self.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_NPROC, (self.processes, self.processes))
-        # SIGXCPU at the soft limit, SIGKILL one second later.
-        resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    def shell(self, script: str) -> list[str]:
+        """The step's shell: it sets the limits (hard and soft: the step, without
+        capabilities, cannot raise them again) and then runs the script as `sh -c` would.
+        Set in the shell itself, not by a preexec_fn (which makes Python fork instead of
+        vfork: 3–5 ms per step at a worker's size) nor by `prlimit` (one more exec: ~1 ms);
+        see benchmarks/engine_overhead.py. The script is an argument, never spliced into
+        the text; `set --` leaves no positional parameter behind."""
+        prelude = (
+            f"ulimit -c 0 && ulimit -d {self.memory_mb * 1024} && ulimit -p {self.processes}"
+            f" && ulimit -t {self.cpu_seconds} || exit 125\n"
+            'eval "set --\n$1"'
+        )
+        return ["/bin/sh", "-c", prelude, "clearway-step", script]
 
     def as_dict(self) -> dict:
         return {
@@ -126,7 +132,6 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     cwd: str
-    preexec_fn: object
     workspace: str  # the workspace as the step sees it
 
 
@@ -223,9 +228,9 @@ def launch(
     argv += ["--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108 (a private tmpfs)
     argv += ["--perms", "0755", "--dir", WORKSPACE_MOUNT]
     argv += ["--bind", str(workspace), inside, "--chdir", inside, "--remount-ro", "/"]
+    argv.append("--")
     if root:
         argv += [
-            "--",
             "setpriv",
             f"--reuid={uid}",
             f"--regid={uid}",
@@ -233,9 +238,10 @@ def launch(
             "--no-new-privs",
             "--inh-caps=-all",
             "--bounding-set=-all",
+            "--",
         ]
-    argv += ["--", "/bin/sh", "-c", script]
-    return Launch(argv=argv, env=env, cwd="/", preexec_fn=limits.apply, workspace=inside)
+    argv += limits.shell(script)
+    return Launch(argv=argv, env=env, cwd="/", workspace=inside)
 
 
 # --- start-up check ---------------------------------------------------------------------
@@ -275,7 +281,6 @@ def check() -> None:
                 plan.argv,
                 env=plan.env,
                 cwd=plan.cwd,
-                preexec_fn=plan.preexec_fn,  # noqa: PLW1509 (no threads yet at start-up)
                 capture_output=True,
                 text=True,
                 timeout=20,
