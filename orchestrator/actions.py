@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from governance import audit
+from governance import audit, secrets
 from governance.models import Environment, Outcome
 
 from . import engine, events, fastsql, spec
@@ -188,11 +188,13 @@ def _known_environments() -> list[str]:
 
 
 def _parse(definition: str, team: Team) -> dict:
-    """The spec, checked against what exists: environments, the step limits' maximum."""
+    """The spec, checked against what exists: environments, the step limits' maximum, the
+    secrets the team's pipelines may ask for."""
     return spec.parse_pipeline(
         definition,
         environments=_known_environments(),
         limits_max=settings.CLEARWAY["STEP_LIMITS_MAX"],
+        secrets=secrets.scopes_for_team(team),
     )
 
 

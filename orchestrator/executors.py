@@ -27,7 +27,11 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import F
 
+from governance import secrets
+from governance.models import Gate
+
 from . import actions, events, fastsql, sandbox
+from .masking import Masker
 from .models import LogChunk, Run, StepRun
 
 MAX_LINE_CHARS = 8192
@@ -88,10 +92,14 @@ class LogWriter:
         self.truncated = step.log_truncated
         self.buffer: list[str] = []
         self.first_at = 0.0
+        # The step's released secret values, masked in every line before it is buffered
+        # (so before it is stored or streamed).
+        self.masker = Masker(())
 
     def add(self, text: str, stream: str = "out") -> None:
         if self.truncated:
             return
+        text = self.masker.mask(text)
         line = f"{_stamp()} {'[stderr] ' if stream == 'err' else ''}{text}"
         size = len(line.encode()) + 1
         if self.bytes + size > self.cap:
@@ -247,6 +255,9 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
     env = _child_env(step, run, stage)
     timeout = float(step.config.get("timeout") or 600)
     log.add(f"$ {step.config['run']}" if "\n" not in step.config["run"] else "$ <script>")
+    refused = _release_secrets(step, run, stage, env, log)
+    if refused is not None:
+        return refused
     # Running a shell command is the feature; parameters reach it only as environment
     # variables (see the module docstring), never spliced into the text.
     if sandbox.enabled():
@@ -285,6 +296,30 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
     finally:
         with _running_lock:
             _running.discard(proc)
+
+
+def _release_secrets(step: StepRun, run, stage, env: dict, log: LogWriter) -> Result | None:
+    """Add the secrets the step asks for to its environment, at the moment it starts (a
+    protected environment's only past an open gate), and mask them in its log. A refusal
+    fails the step before anything runs; its message names the secret and the rule."""
+    names = list(step.config.get("secrets") or [])
+    if not names:
+        return None
+    gate_status = Gate.objects.filter(stage_run_id=stage.pk).values_list("status", flat=True)
+    try:
+        released = secrets.release_for_step(
+            names, stage=stage, team_id=run.pipeline.team_id, gate_status=gate_status.first()
+        )
+    except secrets.SecretRefused as exc:
+        log.add(f"[clearway] secret refused: {exc}")
+        return Result(False, None, f"secret refused: {exc}")
+    log.masker = Masker(released.env.values())
+    env.update(released.env)
+    StepRun.objects.filter(pk=step.pk).update(secrets=released.record)
+    step.secrets = released.record
+    listed = ", ".join(f"{r['name']} v{r['version']}" for r in released.record)
+    log.add(f"[clearway] secrets released: {listed}")
+    return None
 
 
 def _mark_unsandboxed(run, log: LogWriter) -> None:

@@ -299,6 +299,14 @@ CLEARWAY = {
     # Root workers drop a step to uid/gid STEP_UID_BASE + run id % STEP_UID_RANGE.
     "STEP_UID_BASE": env.int("CLEARWAY_STEP_UID_BASE", default=200_000),
     "STEP_UID_RANGE": env.int("CLEARWAY_STEP_UID_RANGE", default=50_000),
+    # Managed secrets (governance/secrets.py): Fernet keys, comma-separated, newest first —
+    # the first encrypts, every one decrypts (rotation: put a new key first, run
+    # `manage.py rotate_secret_keys`, then drop the old one). Never stored in the database.
+    # With DEBUG on and none set, a development key is derived from SECRET_KEY.
+    "SECRET_KEYS": env.list("CLEARWAY_SECRET_KEYS", default=[]),
+    "SECRETS_BACKEND": env.str(
+        "CLEARWAY_SECRETS_BACKEND", default="governance.secrets.DatabaseBackend"
+    ),
     # Per-step resource limits: defaults (an environment may set its own) and the maximum a
     # pipeline may ask for with `limits:`.
     "STEP_LIMITS": {

@@ -1186,6 +1186,13 @@ def _step_context_errors(
                             f"CLEARWAY_STEP_{key.upper()}_MAX",
                         )
             wanted = step.get("secrets")
+            if wanted and step.get("http") is not None:
+                out.add(
+                    (*at, "secrets"),
+                    "only run steps receive secrets (as environment variables) — move the "
+                    "request into a run step, e.g. curl with the secret from the environment",
+                )
+                continue
             if secrets is None or not isinstance(wanted, list):
                 continue
             for secret_index, name in enumerate(wanted):

@@ -6,6 +6,12 @@ import tempfile
 
 _tmp = tempfile.mkdtemp(prefix="clearway-test-")
 os.environ.setdefault("CLEARWAY_VAR_DIR", _tmp)
+# A key of this test session's own for managed secrets (tests run with DEBUG off); in the
+# environment, so the worker and server subprocesses of the integration tests share it.
+if not os.environ.get("CLEARWAY_SECRET_KEYS"):
+    from cryptography.fernet import Fernet
+
+    os.environ["CLEARWAY_SECRET_KEYS"] = Fernet.generate_key().decode()
 
 from orchestrator.settings import *  # noqa: E402,F403
 from orchestrator.settings import CLEARWAY, DATABASES  # noqa: E402
