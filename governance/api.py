@@ -9,7 +9,7 @@ import importlib
 
 extra_urlpatterns: list = []
 
-_AREAS = ("api_gates", "api_policies", "api_audit", "api_reports")
+_AREAS = ("api_gates", "api_policies", "api_audit", "api_reports", "api_secrets")
 
 
 def register(router) -> None:

@@ -167,12 +167,13 @@ def _scope_text(environment, team) -> str:
 def _refuse(actor, action: str, name: str, rule: str, message: str, **details) -> SecretRefused:
     """Audit a refused attempt (committed even though the operation is not) and return the
     exception to raise. The value is never part of it."""
+    denied = rule in ("permission", "write-only")
     with transaction.atomic():
         audit.record(
             actor,
             action,
             ("secret", "", name[:MAX_NAME_LENGTH]),
-            outcome=Outcome.FAILURE,
+            outcome=Outcome.DENIED if denied else Outcome.FAILURE,
             name=name[:MAX_NAME_LENGTH],
             rule=rule,
             error=message,

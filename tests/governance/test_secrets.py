@@ -90,7 +90,7 @@ def test_without_manage_secrets_a_developer_is_refused_and_audited(developer, pr
         secrets.set_secret(actor=developer, name="DB_PASSWORD", value=VALUE, environment=production)
     assert "manage_secrets" in str(caught.value) and "production" in str(caught.value)
     assert AuditEvent.objects.filter(
-        action="secret.set", outcome="failure", details__rule="permission"
+        action="secret.set", outcome="denied", details__rule="permission"
     ).exists()
 
 
@@ -99,7 +99,7 @@ def test_a_read_of_a_value_is_refused_for_everyone_and_audited(keeper, viewer, p
     for who in (viewer, keeper):
         refusal = secrets.refuse_read(actor=who, secret=secret)
         assert "write-only" in str(refusal) and "TOKEN" in str(refusal)
-    assert AuditEvent.objects.filter(action="secret.read", outcome="failure").count() == 2
+    assert AuditEvent.objects.filter(action="secret.read", outcome="denied").count() == 2
 
 
 def test_values_are_encrypted_at_rest_the_database_file_holds_no_clear_value(keeper, production):
