@@ -431,6 +431,13 @@ ROUTES: dict[str, Route] = {
     ),
     "governance:policy-versions": Route(policy_pk, (Check(),)),
     "governance:environments": Route(checks=(Check(),)),
+    "governance:environment-secrets": Route(
+        lambda w: {"name": "production"},
+        (
+            Check("post", data={"name": "API_KEY", "value": "v-1"}, allowed=KEEPERS, ok=302),
+            Check("post", data=lambda w: {"delete": w.secret.pk}, allowed=KEEPERS, ok=302),
+        ),
+    ),
     "governance:environment": Route(
         lambda w: {"name": "production"},
         (Check(), Check("post", data=_environment_form, allowed=EDITORS, ok=302)),
