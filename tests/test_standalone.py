@@ -214,3 +214,98 @@ def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_pat
             proc.kill()
             proc.wait()
         log.close()
+
+
+PROBE = r"""
+name: probe
+stages:
+  - name: probe
+    steps:
+      - name: probe
+        run: |
+          echo "--- environ"; tr '\0' '\n' < /proc/$PPID/environ 2>&1
+          for f in /proc/[0-9]*/environ; do tr '\0' '\n' < "$f" 2>&1; done
+          echo "--- sqlite"; head -c 16 "$PROBE_DB" 2>&1; echo
+          echo "--- var"; ls -a "$PROBE_VAR" 2>&1
+          echo "--- ps"; ps -eo comm 2>&1
+          echo "--- done"
+"""
+
+
+def test_a_step_in_standalone_mode_reads_neither_the_sqlite_file_nor_the_server(
+    standalone_env, tmp_path
+):
+    """Standalone runs the worker in the server's own process, next to the SQLite file: the
+    sandboxed step gets neither."""
+    port = _free_port()
+    log = open(tmp_path / "standalone.log", "wb")  # noqa: SIM115
+    db_file = tmp_path / "clearway.sqlite3"
+    assert db_file.read_bytes()[:15] == b"SQLite format 3"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "standalone", "--port", str(port), "--no-demo"],
+        cwd=ROOT,
+        env=standalone_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up():
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(up, 90, "the standalone server to answer")
+        with httpx.Client(base_url=base, timeout=10) as http:
+            http.get("/accounts/login/")
+            http.post(
+                "/accounts/login/",
+                data={
+                    "username": "root",
+                    "password": "s3cret-pass-for-test",
+                    "csrfmiddlewaretoken": http.cookies["csrftoken"],
+                    "next": "/",
+                },
+            )
+            headers = {"X-CSRFToken": http.cookies["csrftoken"], "Referer": base + "/"}
+            definition = PROBE.replace(
+                "        run: |",
+                f'        env: {{PROBE_DB: "{db_file}", PROBE_VAR: "{tmp_path}"}}\n        run: |',
+            )
+            created = http.post(
+                "/api/v1/pipelines/",
+                headers=headers,
+                json={"slug": "probe", "team": "ops", "definition": definition},
+            )
+            assert created.status_code == 201, created.text
+            run_id = http.post(
+                "/api/v1/pipelines/probe/runs/", headers=headers, json={"parameters": {}}
+            ).json()["id"]
+
+            def finished():
+                body = http.get(f"/api/v1/runs/{run_id}/").json()
+                return body if body["status"] in ("succeeded", "failed") else None
+
+            detail = _wait(finished, 60, "the probe to finish")
+            step = detail["stages"][0]["steps"][0]
+            lines = http.get(f"/api/v1/runs/{run_id}/log/", params={"step": step["id"]}).json()[
+                "lines"
+            ]
+        text = "\n".join(lines)
+        assert "--- done" in text, text
+        assert "s3cret-pass-for-test" not in text  # DJANGO_SUPERUSER_PASSWORD of the server
+        assert "DJANGO_SETTINGS_MODULE" not in text and "CLEARWAY_VAR_DIR" not in text
+        assert "SQLite format" not in text
+        assert "clearway.sqlite3" not in text.replace(str(db_file), "")
+        ps = text.split("--- ps")[1].split("--- done")[0]
+        assert "python" not in ps and "uvicorn" not in ps
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
