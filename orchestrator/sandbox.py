@@ -222,6 +222,9 @@ def launch(
     argv += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if not network:
         argv.append("--unshare-net")
+    # Not --as-pid-1 (one process less): bubblewrap's own init must stay PID 1. It keeps
+    # PR_SET_PDEATHSIG, which setpriv's uid change would clear on the step's own process,
+    # and its death ends the namespace (tests: cancel and timeout kill a background sleep).
     argv += ["--hostname", "clearway-step", "--die-with-parent", "--new-session"]
     argv += list(_root_mounts(tuple(_protected_paths())))
     argv += ["--proc", "/proc", "--dev", "/dev"]
