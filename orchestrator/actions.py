@@ -187,21 +187,38 @@ def _known_environments() -> list[str]:
     return list(Environment.objects.values_list("name", flat=True))
 
 
-def _parse(definition: str, team: Team) -> dict:
+def _parse(definition: str, team: Team, actor=None) -> dict:
     """The spec, checked against what exists: environments, the step limits' maximum, the
-    secrets the team's pipelines may ask for."""
-    return spec.parse_pipeline(
-        definition,
-        environments=_known_environments(),
-        limits_max=settings.CLEARWAY["STEP_LIMITS_MAX"],
-        secrets=secrets.scopes_for_team(team),
-    )
+    secrets the team's pipelines may ask for. A step asking for a secret it may not have is
+    refused and the attempt audited (names and rules only)."""
+    try:
+        return spec.parse_pipeline(
+            definition,
+            environments=_known_environments(),
+            limits_max=settings.CLEARWAY["STEP_LIMITS_MAX"],
+            secrets=secrets.scopes_for_team(team),
+        )
+    except spec.SpecError as exc:
+        refused = [e for e in exc.errors if ".secrets[" in str(e.get("path") or "")]
+        if refused:
+            with transaction.atomic():
+                audit.record(
+                    actor,
+                    "pipeline.secrets_refused",
+                    ("team", str(team.pk), team.slug),
+                    outcome=Outcome.FAILURE,
+                    errors=[
+                        {"message": e["message"], "line": e.get("line"), "path": e.get("path")}
+                        for e in refused
+                    ],
+                )
+        raise
 
 
 def create_pipeline(
     *, actor, slug: str, definition: str, team: Team, now: datetime | None = None
 ) -> Pipeline:
-    parsed = _parse(definition, team)
+    parsed = _parse(definition, team, actor)
     now = now or timezone.now()
     with transaction.atomic():
         if Pipeline.objects.filter(slug=slug).exists():
@@ -240,7 +257,7 @@ def _grant_team(pipeline: Pipeline) -> None:
 def update_pipeline(
     pipeline: Pipeline, *, actor, definition: str, now: datetime | None = None
 ) -> PipelineVersion:
-    parsed = _parse(definition, pipeline.team)
+    parsed = _parse(definition, pipeline.team, actor)
     now = now or timezone.now()
     with transaction.atomic():
         # NO KEY: see trigger_run.

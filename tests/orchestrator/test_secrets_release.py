@@ -151,6 +151,11 @@ def test_a_staging_secret_is_refused_for_a_production_stage_at_save_with_line_an
     assert "STAGING_TOKEN" in error["message"] and "staging" in error["message"]
     assert "only to stages that target it" in error["message"]
     assert (error["line"], error["column"]) == (12, 19)  # the name in secrets: [...]
+    refused = AuditEvent.objects.get(action="pipeline.secrets_refused")
+    assert (
+        refused.outcome == "failure" and "STAGING_TOKEN" in refused.details["errors"][0]["message"]
+    )
+    assert "stg-1" not in str(refused.details)
 
 
 def test_an_unknown_secret_is_refused_at_save(new_pipeline, prod_secret):
