@@ -173,3 +173,40 @@ def test_sigkill_of_the_worker_ends_the_step_before_the_retry_and_fences_it(
             survivor.stop()
         beat.stop()
         reaper.stop()
+
+
+def test_a_supervisor_that_loses_the_database_stops_its_step_before_the_lease_runs_out(
+    live_db, log_dir, settings
+):
+    """The reaper may start the next attempt once a heartbeat is HEARTBEAT_TIMEOUT old (6 s
+    here); the supervisor, cut off from PostgreSQL, kills its step after half of that — while
+    the worker itself stays up."""
+    from .tcp_proxy import TcpProxy
+
+    db = settings.DATABASES["default"]
+    proxy = TcpProxy(db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432))
+    proxied = live_db.replace(f":{db.get('PORT') or 5432}/", f":{proxy.port}/")
+    settings.CLEARWAY = {**settings.CLEARWAY, "STEP_QUEUE": "cut-sbx"}
+    cut_worker = start_worker(
+        proxied,
+        log_dir,
+        name="cut-sbx",
+        concurrency=1,
+        queues="cut-sbx",
+        extra_env={"CLEARWAY_STEP_QUEUE": "cut-sbx", "CONN_MAX_AGE": "60"},
+    )
+    try:
+        sleeper = "name: cut\nstages:\n  - name: s\n    steps:\n      - name: s\n"
+        sleeper += "        run: sleep 120.0917\n"
+        run = actions.trigger_run(_pipeline(sleeper), actor=_user(), trigger="api")
+        wait_for(lambda: host_pids("sleep 120.0917"), 30, what="the step to start")
+        proxy.cut()
+        cut_at = time.monotonic()
+        wait_for(lambda: not host_pids("sleep 120.0917"), 15, what="the supervisor to stop it")
+        assert time.monotonic() - cut_at < 6, "stopped only after the reaper could have acted"
+        assert cut_worker.popen.poll() is None, "the worker itself went down"
+        assert Run.objects.get(pk=run.pk).status == RunStatus.RUNNING  # the reaper's turn next
+    finally:
+        proxy.restore()
+        cut_worker.stop()
+        proxy.close()
