@@ -30,6 +30,12 @@ as in production, and measures:
 (d) where the time goes: one run executed in this process as a worker executes it, with the
     time and the number of SQL statements of the trigger, the claim of a dispatched step, the
     command and finish (last log lines + outcome + advance + claim of the next step).
+(e) the step sandbox (bubblewrap, orchestrator/sandbox.py): every step runs in it, and its
+    command is `echo up`, so the gap from a stage's finished_at to the timestamp of that
+    "up" line (read by the executor from the sandboxed shell) is the gap to the next command
+    *with the sandbox's start included*. Goals as in (b). And the sandbox's own start cost:
+    --sandbox-starts runs of the sandboxed `true` against the same unsandboxed `sh -c true`,
+    from this process (the difference of the medians, goal <= 15 ms).
 
 Prints one JSON document. Not part of the test run. Results: benchmarks/ENGINE_RESULTS.md.
 """
@@ -65,7 +71,7 @@ def chain_definition(stages: int = STAGES) -> str:
         lines.append(f"  - name: s{i}")
         if i:
             lines.append(f"    needs: [s{i - 1}]")
-        lines += ["    steps:", "      - name: noop", '        run: "true"']
+        lines += ["    steps:", "      - name: noop", "        run: echo up"]
     return "\n".join(lines) + "\n"
 
 
@@ -223,13 +229,17 @@ def gaps_of(run_ids: list[int]) -> dict[str, list[float]]:
     busy times and run totals, in ms."""
     from orchestrator.models import LogChunk, Run, RunStatus
 
-    out: dict[str, list[float]] = {k: [] for k in ("between", "command", "first", "busy", "total")}
-    first_lines = {
-        step_id: _first_line_at(text)
-        for step_id, text in LogChunk.objects.filter(
-            step__stage__run__in=run_ids, offset=0
-        ).values_list("step_id", "text")
-    }
+    keys = ("between", "command", "in_sandbox", "first", "busy", "total")
+    out: dict[str, list[float]] = {k: [] for k in keys}
+    first_lines: dict[int, datetime] = {}
+    up_lines: dict[int, datetime] = {}  # the command's own output: the sandbox has started
+    chunks = LogChunk.objects.filter(step__stage__run__in=run_ids).order_by("step_id", "offset")
+    for step_id, offset, text in chunks.values_list("step_id", "offset", "text"):
+        if offset == 0:
+            first_lines[step_id] = _first_line_at(text)
+        for line in text.split("\n"):
+            if line[25:] == "up" and step_id not in up_lines:  # not "$ echo up"
+                up_lines[step_id] = _first_line_at(line)
     for run in Run.objects.filter(pk__in=run_ids).prefetch_related("stages__steps"):
         if run.status != RunStatus.SUCCEEDED:
             raise SystemExit(f"run {run.pk} ended {run.status}: {run.reason}")
@@ -240,6 +250,8 @@ def gaps_of(run_ids: list[int]) -> dict[str, list[float]]:
             [step] = nxt.steps.all()
             command_at = first_lines[step.pk]
             out["command"].append((command_at - prev.finished_at).total_seconds() * 1000)
+            up_at = up_lines[step.pk]
+            out["in_sandbox"].append((up_at - prev.finished_at).total_seconds() * 1000)
         out["busy"] += [(s.finished_at - s.started_at).total_seconds() * 1000 for s in stages]
         out["total"].append((run.finished_at - run.created_at).total_seconds() * 1000)
     return out
@@ -327,6 +339,34 @@ def breakdown(pipeline, actor) -> dict:
     return out
 
 
+def sandbox_start_cost(n: int) -> dict:
+    """The sandbox's own start cost: `true` in the step sandbox vs `sh -c true`, n each,
+    interleaved (the same load on both)."""
+    from orchestrator import sandbox
+
+    workspace = Path(tempfile.mkdtemp(prefix="clearway-bench-sandbox-"))
+    plan = sandbox.launch(
+        "true", run_id=1, workspace=workspace, env={}, limits=sandbox.limits_for({})
+    )
+    boxed: list[float] = []
+    bare: list[float] = []
+    for _ in range(n):
+        began = time.perf_counter()
+        subprocess.run(plan.argv, env=plan.env, cwd=plan.cwd, check=True)
+        boxed.append((time.perf_counter() - began) * 1000)
+        began = time.perf_counter()
+        subprocess.run(["/bin/sh", "-c", "true"], env=plan.env, check=True)
+        bare.append((time.perf_counter() - began) * 1000)
+    shutil.rmtree(workspace, ignore_errors=True)
+    sandboxed, unsandboxed = stats(boxed), stats(bare)
+    return {
+        "sandboxed_true": sandboxed,
+        "unsandboxed_true": unsandboxed,
+        "start_cost_median_ms": round(sandboxed["median_ms"] - unsandboxed["median_ms"], 2),
+        "start_cost_p95_ms": round(sandboxed["p95_ms"] - unsandboxed["p95_ms"], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -334,6 +374,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--pings", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--sandbox-starts", type=int, default=200)
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -399,9 +440,11 @@ def main() -> None:
         stop_worker(worker)
 
     phases = breakdown(pipeline, user)
+    sandbox_cost = sandbox_start_cost(args.sandbox_starts)
 
     overhead = stats(gaps["between"])
     to_command = stats(gaps["command"])
+    in_sandbox = stats(gaps["in_sandbox"])
     unit = bare["median_ms"]
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -414,6 +457,8 @@ def main() -> None:
         "bare_round_trip": bare,
         "stage_to_stage_gap": overhead,
         "stage_to_next_command_gap": to_command,
+        "stage_to_command_in_sandbox_gap": in_sandbox,
+        "sandbox_start": sandbox_cost,
         "creation_to_first_stage": stats(gaps["first"]),
         "stage_busy_time": stats(gaps["busy"]),
         "run_total": stats(gaps["total"]),
@@ -423,6 +468,10 @@ def main() -> None:
             "gap_p95_over_bare_p95": round(overhead["p95_ms"] / bare["p95_ms"], 2),
             "command_gap_median_over_bare_median": round(to_command["median_ms"] / unit, 2),
             "command_gap_p95_over_bare_median": round(to_command["p95_ms"] / unit, 2),
+            "sandboxed_command_gap_median_over_bare_median": round(
+                in_sandbox["median_ms"] / unit, 2
+            ),
+            "sandboxed_command_gap_p95_over_bare_median": round(in_sandbox["p95_ms"] / unit, 2),
         },
         "throughput": {
             "stages_per_s": round(stages_per_s, 1),
@@ -432,6 +481,7 @@ def main() -> None:
             "cpu_ms_per_bare_task": cpu_task,
             "stage_to_stage_gap": stats(conc["between"]),
             "stage_to_next_command_gap": stats(conc["command"]),
+            "stage_to_command_in_sandbox_gap": stats(conc["in_sandbox"]),
             "stage_busy_time": stats(conc["busy"]),
             "creation_to_first_stage": stats(conc["first"]),
         },
@@ -441,6 +491,9 @@ def main() -> None:
             "command gap: median <= 5x bare": to_command["median_ms"] <= 5 * unit,
             "command gap: p95 <= 10x bare": to_command["p95_ms"] <= 10 * unit,
             "throughput >= 0.2x bare": stages_per_s >= 0.2 * tasks_per_s,
+            "sandboxed command gap: median <= 5x bare": in_sandbox["median_ms"] <= 5 * unit,
+            "sandboxed command gap: p95 <= 10x bare": in_sandbox["p95_ms"] <= 10 * unit,
+            "sandbox start cost: median <= 15 ms": sandbox_cost["start_cost_median_ms"] <= 15,
         },
         "in_process_breakdown": phases,
         "params": vars(args),

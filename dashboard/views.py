@@ -44,7 +44,7 @@ from governance.models import (
     Tier,
 )
 from governance.permissions import can, pipelines, restrict
-from orchestrator import actions
+from orchestrator import actions, sandbox
 from orchestrator.models import (
     RUN_TERMINAL,
     Pipeline,
@@ -702,6 +702,7 @@ def _run_page(request, run: Run, **extra):
         "columns": stage_columns(stages, name=lambda s: s.name, needs=lambda s: s.needs),
         "terminal": run.status in RUN_TERMINAL,
         "parameters": sorted((run.parameters or {}).items()),
+        "sandbox_off": not sandbox.enabled(),
         **gate_panel_context(request.user, run),
         **extra,
     }

@@ -13,7 +13,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils.html import format_html
 
-from . import actions, audit, notifications, policies, rego, siem
+from . import actions, audit, notifications, policies, rego, secrets, siem
 from .models import (
     Approval,
     ApprovalRule,
@@ -31,6 +31,8 @@ from .models import (
     PolicyDecision,
     PolicyVersion,
     ReportJob,
+    Secret,
+    SecretVersion,
     Tier,
 )
 from .permissions import can_edit_policies, restrict
@@ -499,3 +501,76 @@ class NotificationDeliveryAdmin(ReadOnlyAdmin):
     list_filter = ("status", "kind")
     ordering = ("-created_at",)
     actions = None
+
+
+class SecretAdminForm(forms.ModelForm):
+    """The value is write-only: an empty field on every page, never the stored value."""
+
+    value = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        strip=False,
+        required=False,
+        help_text="Write-only. Set it to create a new version; leave empty to keep the value.",
+    )
+
+    class Meta:
+        model = Secret
+        fields = ["name", "environment", "team"]
+
+    def clean(self):
+        data = super().clean()
+        name = data.get("name") or getattr(self.instance, "name", "")
+        value = data.get("value") or ""
+        if not self.instance.pk and not value:
+            raise forms.ValidationError("A new secret needs a value.")
+        problem = secrets.validate(name, value or None)
+        if problem:
+            raise forms.ValidationError(problem[1])
+        return data
+
+
+class SecretVersionInline(ReadOnlyInline):
+    model = SecretVersion
+    fields = ["number", "key_id", "created_by", "created_at"]
+    readonly_fields = fields
+
+
+@admin.register(Secret)
+class SecretAdmin(admin.ModelAdmin):
+    """Secrets through governance.secrets (audited, permission-checked); values go in only."""
+
+    form = SecretAdminForm
+    list_display = ["name", "environment", "team", "version", "updated_at", "updated_by"]
+    list_filter = ["environment"]
+    search_fields = ["name"]
+    inlines = [SecretVersionInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["name", "environment", "team", "version"] if obj else ["version"]
+
+    def save_model(self, request, obj, form, change):
+        value = form.cleaned_data.get("value") or ""
+        if not value:
+            if not change:
+                messages.error(request, "A new secret needs a value.")
+            return
+        scope_source = Secret.objects.get(pk=obj.pk) if change else obj
+        try:
+            saved = secrets.set_secret(
+                actor=request.user,
+                name=scope_source.name,
+                value=value,
+                environment=scope_source.environment,
+                team=scope_source.team,
+            )
+        except secrets.SecretRefused as exc:
+            messages.error(request, str(exc))
+            return
+        obj.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        secrets.delete_secret(actor=request.user, secret=obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)

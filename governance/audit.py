@@ -120,7 +120,7 @@ def record(
 
 def _append(events: list[AuditEvent]) -> None:
     """Chain `events` (in this order) onto the head and insert them: lock the head,
-    multi-row INSERTs, move the head — through orchestrator.fastsql (plain SQL built from the
+    multi-row INSERTs, move the head — through orchestrator.kernel.fastsql (plain SQL built from the
     models' metadata): this runs in every engine transition, where the ORM's compile and
     save machinery cost several times the statements themselves."""
 

@@ -73,6 +73,13 @@ class Environment(models.Model):
     freeze_mode = models.CharField(
         max_length=10, choices=FreezeMode.choices, default=FreezeMode.PAUSE
     )
+    # The step sandbox (orchestrator/sandbox.py): "none" cuts the network of every step of
+    # the stages that target this environment; step_limits overrides the installation's
+    # default limits ({"memory_mb", "processes", "cpu_seconds"}, each optional).
+    network = models.CharField(
+        max_length=10, choices=[("default", "default"), ("none", "none")], default="default"
+    )
+    step_limits = models.JSONField(default=dict, blank=True)
 
     objects = RestrictedManager()
 
@@ -81,6 +88,7 @@ class Environment(models.Model):
         permissions = [
             ("approve_environment", "Can approve deployments to the environment"),
             ("override_environment", "Can override soft-mandatory denials (break-glass)"),
+            ("manage_secrets", "Can create, replace, rotate and delete the environment's secrets"),
         ]
 
     # The settings a person edits (environment page, admin); governance.actions writes them.
@@ -687,3 +695,77 @@ class NotificationDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.target}: {self.status}"
+
+
+class Secret(models.Model):
+    """A managed secret (governance/secrets.py): a name and a scope — one environment (its
+    stages receive it; a protected environment's only once the gate is open) or one team
+    (every stage of the team's pipelines). The value lives in SecretVersion rows, encrypted;
+    `version` is the current one. Values are write-only: nothing ever reads one back out
+    except the release to a step."""
+
+    name = models.CharField(max_length=128)
+    environment = models.ForeignKey(
+        Environment, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets"
+    )
+    team = models.ForeignKey(
+        "orchestrator.Team", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    version = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(environment__isnull=False, team__isnull=True)
+                | Q(environment__isnull=True, team__isnull=False),
+                name="secret_has_one_scope",
+            ),
+            models.UniqueConstraint(
+                fields=["name", "environment"],
+                condition=Q(environment__isnull=False),
+                name="unique_secret_per_environment",
+            ),
+            models.UniqueConstraint(
+                fields=["name", "team"],
+                condition=Q(team__isnull=False),
+                name="unique_secret_per_team",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.scope_label})"
+
+    @property
+    def scope_label(self) -> str:
+        if self.environment_id:
+            return f"environment {self.environment.name}"
+        return f"team {self.team.slug}"
+
+
+class SecretVersion(models.Model):
+    """One value of a secret, encrypted (Fernet: AES-128-CBC + HMAC-SHA256) with one of the
+    keys of CLEARWAY_SECRET_KEYS — `key_id` names which (a fingerprint, never the key)."""
+
+    secret = models.ForeignKey(Secret, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    ciphertext = models.TextField()
+    key_id = models.CharField(max_length=16)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["secret", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["secret", "number"], name="unique_secret_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.secret.name} v{self.number}"

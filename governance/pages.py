@@ -54,6 +54,7 @@ from .models import (
 )
 from .permissions import can, can_edit_policies, can_view_audit, restrict
 from .rego import PolicyCompileError
+from .secret_pages import secrets_context
 
 AUDIT_PER_PAGE = 50
 DETAILS_SHORT = 40  # characters of compact JSON shown before the row is expanded
@@ -487,6 +488,7 @@ def environment_detail(request, name: str):
                 messages.info(request, "No changes.")
             return redirect("governance:environment", name=env.name)
     context = _environment_context(env, editor, may_change)
+    context.update(secrets_context(request.user, env))
     return render(request, "governance/environment.html", context)
 
 

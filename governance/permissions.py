@@ -13,7 +13,7 @@ Environments carry approve / override object permissions.
 
 from __future__ import annotations
 
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from orchestrator.kernel import restrict as restricted
@@ -28,6 +28,7 @@ from .models import (
     PolicyDecision,
     PolicyVersion,
     ReportJob,
+    Secret,
 )
 
 PIPELINE_ACTIONS = ("view", "run", "change")
@@ -83,6 +84,26 @@ def restrict(qs: QuerySet, user, action: str = "view") -> QuerySet:
             return get_objects_for_user(
                 user, f"governance.{action}_environment", klass=qs, accept_global_perms=True
             )
+        if action == "manage_secrets":
+            return get_objects_for_user(
+                user, "governance.manage_secrets", klass=qs, accept_global_perms=True
+            )
+        return qs.none()
+    if model is Secret:
+        # Names, scopes and versions (never values): an environment's secrets to everyone
+        # who may see the environment, a team's to those who may see the team's pipelines;
+        # "manage" as governance.secrets.can_manage decides.
+        teams = pipelines(user).values("team")
+        if action == "view":
+            return qs.filter(Q(environment__isnull=False) | Q(team__in=teams))
+        if action == "manage":
+            envs = restrict(Environment.objects.all(), user, "manage_secrets")
+            own = (
+                Q(team__group__in=user.groups.all())
+                if user.has_perm("orchestrator.add_pipeline")
+                else Q(pk__in=[])
+            )
+            return qs.filter(Q(environment__in=envs) | own)
         return qs.none()
     if model in (Policy, PolicyVersion):
         if action == "view":

@@ -103,6 +103,8 @@ CHANGE_COLUMNS = [
     "started",
     "finished",
     "outcome",
+    "sandboxed",
+    "secrets",
     "related_run",
     "audit_seq_first",
     "audit_seq_last",
@@ -510,6 +512,18 @@ def _audit_context(
     return ranges, refused
 
 
+def _step_secrets(stages: list[StageRun]) -> dict[int, list[dict]]:
+    """The secrets released to each stage's steps (names and versions, never a value)."""
+    out: dict[int, list[dict]] = {s.pk: [] for s in stages}
+    steps = StepRun.objects.filter(stage__in=list(out)).exclude(secrets=[]).order_by("position")
+    for stage_id, step_name, released in steps.values_list("stage_id", "name", "secrets"):
+        for item in released or []:
+            out[stage_id].append(
+                {"step": step_name, "name": item.get("name"), "version": item.get("version")}
+            )
+    return out
+
+
 def _step_targets(stages: list[StageRun]) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {s.pk: [] for s in stages}
     for pk, stage_id in StepRun.objects.filter(stage__in=list(out)).values_list("pk", "stage_id"):
@@ -717,10 +731,11 @@ def iter_changes(qs: QuerySet, *, chunk_size: int = CHUNK_SIZE) -> Iterator[dict
     for chunk in _batched(rows, chunk_size):
         gates = _gates_for(chunk)
         step_targets = _step_targets(chunk)
+        secrets = _step_secrets(chunk)
         ranges, refused = _audit_context(chunk, gates, step_targets)
         for stage in chunk:
             gate = gates.get(stage.pk)
-            yield _change_row(
+            row = _change_row(
                 stage,
                 gate,
                 rules.get(stage.environment_id, []),
@@ -728,6 +743,10 @@ def iter_changes(qs: QuerySet, *, chunk_size: int = CHUNK_SIZE) -> Iterator[dict
                 refused.get(str(gate.pk), []) if gate else [],
                 step_targets,
             )
+            # Was the deployment's code isolated (CLEARWAY_SANDBOX), which secrets it got.
+            row["sandboxed"] = stage.run.sandboxed
+            row["secrets"] = secrets.get(stage.pk, [])
+            yield row
 
 
 # --- exceptions -------------------------------------------------------------------------
@@ -1211,6 +1230,9 @@ def flatten_change(row: dict) -> dict:
         f"{o['user']} {o['at']}: {o['justification']}" for o in row["overrides"]
     )
     out["exceptions"] = ", ".join(row["exceptions"])
+    out["secrets"] = " | ".join(
+        f"{x['step']}: {x['name']} v{x['version']}" for x in row.get("secrets") or []
+    )
     rel = row["related_run"]
     out["related_run"] = (
         f"{rel['relation'].replace('_', ' ')} #{rel['number']} ({rel['url']})" if rel else ""

@@ -15,3 +15,7 @@ urlpatterns: list = [
 from .pages import urlpatterns as page_urlpatterns  # noqa: E402
 
 urlpatterns += page_urlpatterns
+
+from .secret_pages import urlpatterns as secret_urlpatterns  # noqa: E402
+
+urlpatterns += secret_urlpatterns

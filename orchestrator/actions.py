@@ -27,7 +27,7 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from guardian.shortcuts import assign_perm
 
-from governance import audit, gates
+from governance import audit, gates, secrets
 from governance.models import Environment, Outcome
 
 from . import engine, events, lifecycle, spec
@@ -226,10 +226,38 @@ def _known_environments() -> list[str]:
     return list(Environment.objects.values_list("name", flat=True))
 
 
+def _parse(definition: str, team: Team, actor=None) -> dict:
+    """The spec, checked against what exists: environments, the step limits' maximum, the
+    secrets the team's pipelines may ask for. A step asking for a secret it may not have is
+    refused and the attempt audited (names and rules only)."""
+    try:
+        return spec.parse_pipeline(
+            definition,
+            environments=_known_environments(),
+            limits_max=settings.CLEARWAY["STEP_LIMITS_MAX"],
+            secrets=secrets.scopes_for_team(team),
+        )
+    except spec.SpecError as exc:
+        refused = [e for e in exc.errors if ".secrets[" in str(e.get("path") or "")]
+        if refused:
+            with transaction.atomic():
+                audit.record(
+                    actor,
+                    "pipeline.secrets_refused",
+                    ("team", str(team.pk), team.slug),
+                    outcome=Outcome.FAILURE,
+                    errors=[
+                        {"message": e["message"], "line": e.get("line"), "path": e.get("path")}
+                        for e in refused
+                    ],
+                )
+        raise
+
+
 def create_pipeline(
     *, actor, slug: str, definition: str, team: Team, now: datetime | None = None
 ) -> Pipeline:
-    parsed = spec.parse_pipeline(definition, environments=_known_environments())
+    parsed = _parse(definition, team, actor)
     now = now or timezone.now()
     with transaction.atomic():
         if Pipeline.objects.filter(slug=slug).exists():
@@ -266,7 +294,7 @@ def _grant_team(pipeline: Pipeline) -> None:
 def update_pipeline(
     pipeline: Pipeline, *, actor, definition: str, now: datetime | None = None
 ) -> PipelineVersion:
-    parsed = spec.parse_pipeline(definition, environments=_known_environments())
+    parsed = _parse(definition, pipeline.team, actor)
     now = now or timezone.now()
     with transaction.atomic():
         # NO KEY: see trigger_run.
@@ -533,10 +561,15 @@ def _finish(
         if step is None:
             return None, None
         step.stage = next(s for s in stages if s.pk == step.stage_id)
+        if step.attempt != attempt:
+            # Fenced: a newer attempt exists (the reaper gave this one up). Nothing of the
+            # stale attempt is written — neither its outcome nor its last log lines.
+            _refuse_stale_finish(step, run, attempt, now)
+            return None, None
         fields = log.write_locked(step) if log is not None else []
-        if step.status != StepStatus.RUNNING or step.attempt != attempt:
-            # A stale attempt (canceled, reaped, retried): its outcome is refused; only the
-            # log lines it wrote before it noticed are kept.
+        if step.status != StepStatus.RUNNING:
+            # Canceled or reaped while it ran: its outcome is refused; only the log lines it
+            # wrote before it noticed are kept.
             if fields:
                 fastsql.update(step, fields)
             if not run.is_terminal:
@@ -573,6 +606,26 @@ def _finish(
             dispatch_after_commit(outcome)
         advanced = advance(run, now=now, stages=stages, steps=steps, claim_for=claim_for)
     return step, advanced.claimed
+
+
+def _refuse_stale_finish(step: StepRun, run: Run, attempt: int, now: datetime) -> None:
+    logger.warning(
+        "refused the finish of step %s attempt %s: attempt %s is current",
+        step.pk,
+        attempt,
+        step.attempt,
+    )
+    audit.record(
+        None,
+        "step.finish_refused",
+        step,
+        at=now,
+        run=run.pk,
+        attempt=attempt,
+        current_attempt=step.attempt,
+        outcome=Outcome.FAILURE,
+        reason="stale attempt",
+    )
 
 
 def heartbeat(step_id: int, attempt: int, *, write: bool = True) -> bool:

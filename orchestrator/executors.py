@@ -25,12 +25,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F
 
-from . import actions, events, logcontext
+from governance import secrets
+from governance.models import Gate
+
+from . import actions, events, logcontext, sandbox
 from .kernel import fastsql
-from .models import LogChunk, StepRun
+from .masking import Masker
+from .models import LogChunk, Run, StepRun
 
 MAX_LINE_CHARS = 8192
 
@@ -92,10 +96,14 @@ class LogWriter:
         self.truncated = step.log_truncated
         self.buffer: list[str] = []
         self.first_at = 0.0
+        # The step's released secret values, masked in every line before it is buffered
+        # (so before it is stored or streamed).
+        self.masker = Masker(())
 
     def add(self, text: str, stream: str = "out") -> None:
         if self.truncated:
             return
+        text = self.masker.mask(text)
         line = f"{_stamp()} {'[stderr] ' if stream == 'err' else ''}{text}"
         size = len(line.encode()) + 1
         if self.bytes + size > self.cap:
@@ -156,14 +164,22 @@ class LogWriter:
 
 class Pulse:
     """A running step's link to the database: every second a cheap read notices a cancel (or
-    a reap); every HEARTBEAT_SECONDS a write refreshes the heartbeat the reaper watches."""
+    a reap); every HEARTBEAT_SECONDS a write refreshes the heartbeat the reaper watches.
+
+    The heartbeat is also the attempt's lease. The reaper gives a step up (and may start the
+    next attempt) once its heartbeat is HEARTBEAT_TIMEOUT old; so the supervisor stops the
+    step itself when it could not renew the heartbeat for half of that (database gone, the
+    process stalled): by the time the reaper acts, this attempt can no longer be running —
+    or its supervisor is dead, and the step died with it (--die-with-parent)."""
 
     CHECK_SECONDS = 1.0
 
     def __init__(self, step: StepRun):
         self.step = step
         self.write_every = settings.CLEARWAY["HEARTBEAT_SECONDS"]
-        self.last_check = self.last_write = time.monotonic()
+        self.lease = settings.CLEARWAY["HEARTBEAT_TIMEOUT"] / 2
+        self.last_check = self.last_write = self.last_renewed = time.monotonic()
+        self.reason = ""
 
     def alive(self) -> bool:
         now = time.monotonic()
@@ -173,7 +189,21 @@ class Pulse:
         write = now - self.last_write >= self.write_every
         if write:
             self.last_write = now
-        return actions.heartbeat(self.step.pk, self.step.attempt, write=write)
+        try:
+            mine = actions.heartbeat(self.step.pk, self.step.attempt, write=write)
+        except DatabaseError:
+            if now - self.last_renewed > self.lease:
+                self.reason = (
+                    f"lost the database for {now - self.last_renewed:.0f} s: the attempt's "
+                    "lease ran out, so it stops before the reaper may start another"
+                )
+                return False
+            return True
+        if write and mine:
+            self.last_renewed = now
+        if not mine:
+            self.reason = "canceled"
+        return mine
 
 
 @dataclass
@@ -198,6 +228,7 @@ def _child_env(step: StepRun, run, stage) -> dict[str, str]:
         CLEARWAY_PIPELINE=run.pipeline.slug,
         CLEARWAY_STAGE=stage.name,
         CLEARWAY_STEP=step.name,
+        CLEARWAY_ATTEMPT=str(step.attempt),
         CLEARWAY_ENVIRONMENT=stage.environment.name if stage.environment_id else "",
     )
     for key, value in (step.config.get("env") or {}).items():
@@ -226,15 +257,31 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
     workspace = actions.workspace_for(run.pk)
     workspace.mkdir(parents=True, exist_ok=True)
     env = _child_env(step, run, stage)
-    env["HOME"] = str(workspace)
-    env["CLEARWAY_WORKSPACE"] = str(workspace)
     timeout = float(step.config.get("timeout") or 600)
     log.add(f"$ {step.config['run']}" if "\n" not in step.config["run"] else "$ <script>")
+    refused = _release_secrets(step, run, stage, env, log)
+    if refused is not None:
+        return refused
     # Running a shell command is the feature; parameters reach it only as environment
     # variables (see the module docstring), never spliced into the text.
+    if sandbox.enabled():
+        environment = stage.environment if stage.environment_id else None
+        plan = sandbox.launch(
+            step.config["run"],
+            run_id=run.pk,
+            workspace=workspace,
+            env=env,
+            limits=sandbox.limits_for(step.config, environment),
+            network=not sandbox.network_off(step.config, environment),
+        )
+        argv, cwd, env = plan.argv, plan.cwd, plan.env
+    else:
+        _mark_unsandboxed(run, log)
+        env["HOME"] = env["CLEARWAY_WORKSPACE"] = str(workspace)
+        argv, cwd = ["/bin/sh", "-c", step.config["run"]], str(workspace)
     proc = subprocess.Popen(
-        ["/bin/sh", "-c", step.config["run"]],
-        cwd=workspace,
+        argv,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -245,9 +292,46 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
         _running.add(proc)
     try:
         return _supervise(proc, step, log, timeout)
+    except BaseException:
+        # Whatever went wrong here (the database, the worker going down), the step does not
+        # go on unsupervised.
+        _kill_group(proc, grace=0.5)
+        raise
     finally:
         with _running_lock:
             _running.discard(proc)
+
+
+def _release_secrets(step: StepRun, run, stage, env: dict, log: LogWriter) -> Result | None:
+    """Add the secrets the step asks for to its environment, at the moment it starts (a
+    protected environment's only past an open gate), and mask them in its log. A refusal
+    fails the step before anything runs; its message names the secret and the rule."""
+    names = list(step.config.get("secrets") or [])
+    if not names:
+        return None
+    gate_status = Gate.objects.filter(stage_run_id=stage.pk).values_list("status", flat=True)
+    try:
+        released = secrets.release_for_step(
+            names, stage=stage, team_id=run.pipeline.team_id, gate_status=gate_status.first()
+        )
+    except secrets.SecretRefused as exc:
+        log.add(f"[clearway] secret refused: {exc}")
+        return Result(False, None, f"secret refused: {exc}")
+    log.masker = Masker(released.env.values())
+    env.update(released.env)
+    StepRun.objects.filter(pk=step.pk).update(secrets=released.record)
+    step.secrets = released.record
+    listed = ", ".join(f"{r['name']} v{r['version']}" for r in released.record)
+    log.add(f"[clearway] secrets released: {listed}")
+    return None
+
+
+def _mark_unsandboxed(run, log: LogWriter) -> None:
+    """CLEARWAY_SANDBOX=off: say so in the step's log and on the run (pages, reports)."""
+    log.add("[clearway] WARNING: CLEARWAY_SANDBOX=off — this step runs WITHOUT the sandbox")
+    if run.sandboxed:
+        Run.objects.filter(pk=run.pk).update(sandboxed=False)
+        run.sandboxed = False
 
 
 def _supervise(proc: subprocess.Popen, step: StepRun, log: LogWriter, timeout: float) -> Result:
@@ -295,7 +379,7 @@ def _supervise(proc: subprocess.Popen, step: StepRun, log: LogWriter, timeout: f
             _kill_group(proc)
             break
         if not pulse.alive():
-            stop_reason = "canceled"
+            stop_reason = pulse.reason
             _kill_group(proc)
             break
     for stream_file in (proc.stdout, proc.stderr):

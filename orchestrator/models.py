@@ -241,6 +241,8 @@ class Run(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
     )
     event_seq = models.PositiveBigIntegerField(default=0)
+    # False once a step of the run ran with CLEARWAY_SANDBOX=off (pages and reports say so).
+    sandboxed = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -370,6 +372,9 @@ class StepRun(models.Model):
     log_lines = models.PositiveIntegerField(default=0)
     log_bytes = models.PositiveBigIntegerField(default=0)
     log_truncated = models.BooleanField(default=False)
+    # The secrets released to the step's last attempt: [{"name", "version", "scope"}] —
+    # names and versions only, never a value.
+    secrets = models.JSONField(default=list, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -44,7 +44,17 @@ class TriggerSerializer(serializers.Serializer):
     parameters = serializers.DictField(child=serializers.JSONField(), required=False, default=dict)
 
 
+class ReleasedSecretSerializer(serializers.Serializer):
+    """A secret released to a step: its name, version and scope — never its value."""
+
+    name = serializers.CharField()
+    version = serializers.IntegerField()
+    scope = serializers.CharField()
+
+
 class StepSerializer(serializers.ModelSerializer):
+    secrets = ReleasedSecretSerializer(many=True, read_only=True)
+
     class Meta:
         model = StepRun
         fields = [
@@ -59,6 +69,7 @@ class StepSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "log_lines",
+            "secrets",
             "log_truncated",
         ]
 

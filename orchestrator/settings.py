@@ -358,9 +358,6 @@ CLEARWAY = {
     "HEARTBEAT_TIMEOUT": env.float("CLEARWAY_HEARTBEAT_TIMEOUT", default=30.0),
     "REAPER_INTERVAL": env.float("CLEARWAY_REAPER_INTERVAL", default=10.0),
     "POLICY_TIMEOUT": env.float("CLEARWAY_POLICY_TIMEOUT", default=2.0),
-    # "on": pipeline steps and policy evaluators run under bubblewrap (and fail closed
-    # without it); "off" on purpose only (a warning is logged). docs/security.md.
-    "SANDBOX": env.str("CLEARWAY_SANDBOX", default="on"),
     # Queue that step executions are sent to (empty: Celery's default queue).
     "STEP_QUEUE": env.str("CLEARWAY_STEP_QUEUE", default=""),
     "DEMO_PASSWORD": "clearway-demo" if DEBUG else None,
@@ -384,6 +381,35 @@ CLEARWAY = {
     "AUDIT_STREAMS": env.json("CLEARWAY_AUDIT_STREAMS", default=[]),
     "AUDIT_STREAM_INTERVAL": env.float("CLEARWAY_AUDIT_STREAM_INTERVAL", default=10.0),
     "AUDIT_STREAM_BATCH": env.int("CLEARWAY_AUDIT_STREAM_BATCH", default=500),
+    # Steps and policy evaluators run under bubblewrap (docs/security.md); without it they
+    # fail closed. "off" runs them WITHOUT isolation: only on purpose, with a warning at
+    # start, a banner on run pages and a mark on each run.
+    "SANDBOX": env.str("CLEARWAY_SANDBOX", default="on").lower(),
+    # Extra host paths hidden from steps (colon-separated), beside the built-in ones.
+    "SANDBOX_HIDE": env.str("CLEARWAY_SANDBOX_HIDE", default=""),
+    # Root workers drop a step to uid/gid STEP_UID_BASE + run id % STEP_UID_RANGE.
+    "STEP_UID_BASE": env.int("CLEARWAY_STEP_UID_BASE", default=200_000),
+    "STEP_UID_RANGE": env.int("CLEARWAY_STEP_UID_RANGE", default=50_000),
+    # Managed secrets (governance/secrets.py): Fernet keys, comma-separated, newest first —
+    # the first encrypts, every one decrypts (rotation: put a new key first, run
+    # `manage.py rotate_secret_keys`, then drop the old one). Never stored in the database.
+    # With DEBUG on and none set, a development key is derived from SECRET_KEY.
+    "SECRET_KEYS": env.list("CLEARWAY_SECRET_KEYS", default=[]),
+    "SECRETS_BACKEND": env.str(
+        "CLEARWAY_SECRETS_BACKEND", default="governance.secrets.DatabaseBackend"
+    ),
+    # Per-step resource limits: defaults (an environment may set its own) and the maximum a
+    # pipeline may ask for with `limits:`.
+    "STEP_LIMITS": {
+        "memory_mb": env.int("CLEARWAY_STEP_MEMORY_MB", default=2048),
+        "processes": env.int("CLEARWAY_STEP_PROCESSES", default=512),
+        "cpu_seconds": env.int("CLEARWAY_STEP_CPU_SECONDS", default=3600),
+    },
+    "STEP_LIMITS_MAX": {
+        "memory_mb": env.int("CLEARWAY_STEP_MEMORY_MB_MAX", default=16384),
+        "processes": env.int("CLEARWAY_STEP_PROCESSES_MAX", default=4096),
+        "cpu_seconds": env.int("CLEARWAY_STEP_CPU_SECONDS_MAX", default=86400),
+    },
 }
 
 # LOG_FORMAT=json: one JSON object per line (python-json-logger) for log pipelines. Either

@@ -123,6 +123,14 @@ NO_NUL_PATTERN = r"^[^\x00]*$"
 URL_PATTERN = r"^https?://[^\s/?#@]+([/?#]\S*)?$"
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 HEADER_VALUE_PATTERN = r"^[^\r\n\x00]*$"
+SECRET_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]*$"  # noqa: S105 (a pattern, not a password)
+MAX_SECRETS_PER_STEP = 50
+# Hard bounds of a step's `limits:`; the installation's maximum (settings) is checked too.
+LIMIT_BOUNDS = {
+    "memory_mb": (16, 1_048_576),
+    "processes": (8, 1_000_000),
+    "cpu_seconds": (1, 604_800),
+}
 
 _PATTERN_RULES = {
     IDENTIFIER_PATTERN: 'use letters, digits and "_", not starting with a digit',
@@ -134,6 +142,7 @@ _PATTERN_RULES = {
     URL_PATTERN: "use an http:// or https:// URL with a host name, without spaces",
     HEADER_NAME_PATTERN: "use letters, digits and - (no spaces or colons)",
     HEADER_VALUE_PATTERN: "use a single line (no line breaks)",
+    SECRET_NAME_PATTERN: 'use uppercase letters, digits and "_", not starting with a digit',
 }
 
 # ------------------------------------------------------------------------ the schema
@@ -268,6 +277,45 @@ _STEP_SCHEMA = {
             }
         ),
         "env": _ENV_SCHEMA,
+        "network": _opt(
+            {
+                "type": "string",
+                "title": "network",
+                "description": 'the step\'s network: "default" (on) or "none" (cut off)',
+                "enum": ["default", "none"],
+            }
+        ),
+        "limits": _opt(
+            {
+                "type": "object",
+                "title": "limits",
+                "description": "resource limits: memory_mb, processes, cpu_seconds",
+                "additionalProperties": False,
+                "properties": {
+                    key: {
+                        "type": "integer",
+                        "title": key,
+                        "minimum": low,
+                        "maximum": high,
+                    }
+                    for key, (low, high) in LIMIT_BOUNDS.items()
+                },
+            }
+        ),
+        "secrets": _opt(
+            {
+                "type": "array",
+                "title": "secrets",
+                "description": "a list of names of managed secrets the step receives",
+                "maxItems": MAX_SECRETS_PER_STEP,
+                "uniqueItems": True,
+                "items": {
+                    "type": "string",
+                    "title": "secret name",
+                    "pattern": SECRET_NAME_PATTERN,
+                },
+            }
+        ),
     },
 }
 
@@ -1152,6 +1200,75 @@ def _cron_field_problem(text: str, low: int, high: int, names: dict[str, int]) -
     return None
 
 
+def _step_context_errors(
+    doc: dict,
+    out: _Collector,
+    limits_max: Mapping[str, int] | None,
+    secrets: Mapping[str, Any] | None,
+) -> None:
+    """`limits:` within the installation's maximum; `secrets:` known and in scope for the
+    stage (`secrets` maps a name to the environment names it may be released to, None
+    meaning any stage of the pipeline — a team secret)."""
+    stages = doc.get("stages")
+    if not isinstance(stages, list):
+        return
+    for index, stage in enumerate(stages):
+        if not isinstance(stage, dict) or not isinstance(stage.get("steps"), list):
+            continue
+        env_name = stage.get("environment") if isinstance(stage.get("environment"), str) else None
+        for step_index, step in enumerate(stage["steps"]):
+            if not isinstance(step, dict):
+                continue
+            at = ("stages", index, "steps", step_index)
+            limits = step.get("limits")
+            if limits_max is not None and isinstance(limits, dict):
+                for key, value in limits.items():
+                    high = limits_max.get(key)
+                    if isinstance(value, int) and high is not None and value > high:
+                        out.add(
+                            (*at, "limits", key),
+                            f"{key} {value} is above this installation's maximum of {high} — "
+                            "ask for at most that, or ask an operator to raise "
+                            f"CLEARWAY_STEP_{key.upper()}_MAX",
+                        )
+            wanted = step.get("secrets")
+            if wanted and step.get("http") is not None:
+                out.add(
+                    (*at, "secrets"),
+                    "only run steps receive secrets (as environment variables) — move the "
+                    "request into a run step, e.g. curl with the secret from the environment",
+                )
+                continue
+            if secrets is None or not isinstance(wanted, list):
+                continue
+            for secret_index, name in enumerate(wanted):
+                if not isinstance(name, str) or not _matches(SECRET_NAME_PATTERN, name):
+                    continue
+                where = (*at, "secrets", secret_index)
+                if name not in secrets:
+                    out.add(
+                        where,
+                        f"unknown secret {_quote(name)}{_did_you_mean(name, list(secrets))} — "
+                        "create it first (Secrets page, API or admin)",
+                    )
+                    continue
+                scopes = secrets[name]
+                if scopes is None or (env_name is not None and env_name in scopes):
+                    continue
+                target = f"environment {_quote(env_name)}" if env_name else "no environment"
+                out.add(
+                    where,
+                    f"secret {_quote(name)} is out of scope here: it belongs to environment "
+                    f"{', '.join(_quote(e) for e in sorted(scopes))}, and this stage targets "
+                    f"{target} (rule: a secret of an environment is given only to stages "
+                    "that target it)",
+                )
+
+
+def _matches(pattern: str, value: str) -> bool:
+    return _compile_pattern(pattern).search(value) is not None
+
+
 def _semantic_errors(doc: dict, out: _Collector, environments: list[str] | None) -> None:
     # parameters
     params = doc.get("parameters")
@@ -1377,6 +1494,11 @@ def _normalize(doc: dict) -> dict:
         out["timeout"] = DEFAULT_TIMEOUT if timeout is None else int(timeout)
         out["retries"] = DEFAULT_RETRIES if retries is None else int(retries)
         out["env"] = dict(step.get("env") or {})
+        if step.get("network") is not None:
+            out["network"] = step["network"]
+        if step.get("limits"):
+            out["limits"] = {k: int(v) for k, v in step["limits"].items()}
+        out["secrets"] = list(step.get("secrets") or [])
         return out
 
     return {
@@ -1408,7 +1530,13 @@ def _normalize(doc: dict) -> dict:
 # ------------------------------------------------------------------------ public API
 
 
-def parse_pipeline(text: str | bytes, *, environments: Iterable[str] | None = None) -> dict:
+def parse_pipeline(
+    text: str | bytes,
+    *,
+    environments: Iterable[str] | None = None,
+    limits_max: Mapping[str, int] | None = None,
+    secrets: Mapping[str, Any] | None = None,
+) -> dict:
     """Parse and validate a pipeline document; return the normalized spec.
 
     The result contains only plain JSON types with every default filled in::
@@ -1416,10 +1544,14 @@ def parse_pipeline(text: str | bytes, *, environments: Iterable[str] | None = No
         {"name", "description", "parameters": [{"name", "description", "required",
          "default", "allowed"}], "stages": [{"name", "needs", "environment",
          "steps": [{"name", "type": "run"|"http", "run" | "http": {...},
-                    "timeout", "retries", "env"}]}], "schedule": str | None}
+                    "timeout", "retries", "env", "secrets", ["network"], ["limits"]}]}],
+         "schedule": str | None}
 
-    ``environments=None`` skips the environment-name check.  Raises :class:`SpecError`
-    listing every problem found, each with a 1-based line and column.
+    ``environments=None`` skips the environment-name check; ``limits_max=None`` the
+    installation's maximum of step limits; ``secrets=None`` the secret names and scopes
+    (a mapping of name → environment names, or None for a secret of any stage).
+    Raises :class:`SpecError` listing every problem found, each with a 1-based line and
+    column.
     """
     if isinstance(text, bytes | bytearray):
         if len(text) > MAX_DOCUMENT_BYTES:
@@ -1455,6 +1587,7 @@ def parse_pipeline(text: str | bytes, *, environments: Iterable[str] | None = No
     try:
         _schema_errors(doc, out)
         _semantic_errors(doc, out, known_envs)
+        _step_context_errors(doc, out, limits_max, secrets)
     except _EnoughErrors:
         pass
     if out.errors:

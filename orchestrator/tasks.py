@@ -6,15 +6,36 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from celery.signals import worker_shutting_down
+from celery.signals import worker_init, worker_process_init, worker_shutting_down
 
 from governance import audit
 
-from . import actions, executors
+from . import actions, executors, sandbox
 from .models import Pipeline, Trigger
 from .spec import ParameterError
 
 logger = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _refuse_without_sandbox(**_kwargs) -> None:
+    """A worker that cannot sandbox its steps does not start (SystemExit: Celery logs and
+    swallows an Exception from a signal handler, and would start anyway)."""
+    try:
+        warning = sandbox.startup_check("worker")
+    except sandbox.SandboxUnavailable as exc:
+        message = f"Clearway worker refuses to start: {exc}"
+        logger.critical(message)
+        raise SystemExit(message) from None
+    if warning:
+        logger.warning(warning)
+
+
+@worker_process_init.connect
+def _die_with_the_main_process(**_kwargs) -> None:
+    # A prefork child runs the steps: when the main worker process is killed (SIGKILL
+    # included), the child must go too, and its steps with it (bwrap --die-with-parent).
+    sandbox.die_with_parent()
 
 
 # How many further steps of the same run one task may run after its own, each claimed in

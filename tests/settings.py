@@ -8,6 +8,12 @@ _tmp = tempfile.mkdtemp(prefix="clearway-test-")
 os.environ.setdefault("CLEARWAY_VAR_DIR", _tmp)
 # The settings create no directory on import; processes do at start (orchestrator.cli).
 os.makedirs(os.path.join(os.environ["CLEARWAY_VAR_DIR"], "staticfiles"), exist_ok=True)
+# A key of this test session's own for managed secrets (tests run with DEBUG off); in the
+# environment, so the worker and server subprocesses of the integration tests share it.
+if not os.environ.get("CLEARWAY_SECRET_KEYS"):
+    from cryptography.fernet import Fernet
+
+    os.environ["CLEARWAY_SECRET_KEYS"] = Fernet.generate_key().decode()
 
 from orchestrator.settings import *  # noqa: E402,F403
 from orchestrator.settings import CLEARWAY, DATABASES, REST_FRAMEWORK  # noqa: E402

@@ -5,7 +5,6 @@ with Ctrl-C (SIGINT) and check that nothing it started is left behind."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.processes import host_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ stages:
   - name: sleep
     steps:
       - name: sleep
-        run: echo "pid $$"; sleep 120
+        run: echo started; sleep 120.0419
 """
 
 
@@ -64,6 +65,13 @@ def _descendants(pid: int) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -196,22 +204,14 @@ def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_pat
                 headers=headers,
                 json={"slug": "sleeper", "team": "ops", "definition": SLEEPER},
             )
-            sleeper = http.post(
-                "/api/v1/pipelines/sleeper/runs/", headers=headers, json={"parameters": {}}
-            ).json()
+            http.post("/api/v1/pipelines/sleeper/runs/", headers=headers, json={"parameters": {}})
 
-            def step_pid():
-                body = http.get(f"/api/v1/runs/{sleeper['id']}/").json()
-                step_id = body["stages"][0]["steps"][0]["id"]
-                text = " ".join(
-                    http.get(f"/api/v1/runs/{sleeper['id']}/log/", params={"step": step_id}).json()[
-                        "lines"
-                    ]
-                )
-                found = re.search(r"pid (\d+)", text)
-                return int(found.group(1)) if found else None
-
-            sleeper_pid = _wait(step_pid, 30, "the sleeping step to start")
+            # The step's pid namespace is its own: find its sleep on the host by its command.
+            [sleeper_pid] = _wait(
+                lambda: [p for p in host_pids("sleep 120.0419") if _comm(p) == "sleep"],
+                30,
+                "the sleeping step to start",
+            )
         started = _descendants(proc.pid)
         assert sleeper_pid in started
         proc.send_signal(signal.SIGINT)
@@ -221,6 +221,101 @@ def test_standalone_serves_runs_a_task_and_stops_cleanly(standalone_env, tmp_pat
         assert leftovers == [], f"processes left behind: {leftovers}"
     finally:
         if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+PROBE = r"""
+name: probe
+stages:
+  - name: probe
+    steps:
+      - name: probe
+        run: |
+          echo "--- environ"; tr '\0' '\n' < /proc/$PPID/environ 2>&1
+          for f in /proc/[0-9]*/environ; do tr '\0' '\n' < "$f" 2>&1; done
+          echo "--- sqlite"; head -c 16 "$PROBE_DB" 2>&1; echo
+          echo "--- var"; ls -a "$PROBE_VAR" 2>&1
+          echo "--- ps"; ps -eo comm 2>&1
+          echo "--- done"
+"""
+
+
+def test_a_step_in_standalone_mode_reads_neither_the_sqlite_file_nor_the_server(
+    standalone_env, tmp_path
+):
+    """Standalone runs the worker in the server's own process, next to the SQLite file: the
+    sandboxed step gets neither."""
+    port = _free_port()
+    log = open(tmp_path / "standalone.log", "wb")  # noqa: SIM115
+    db_file = tmp_path / "clearway.sqlite3"
+    assert db_file.read_bytes()[:15] == b"SQLite format 3"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "standalone", "--port", str(port), "--no-demo"],
+        cwd=ROOT,
+        env=standalone_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up():
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(up, 90, "the standalone server to answer")
+        with httpx.Client(base_url=base, timeout=10) as http:
+            http.get("/accounts/login/")
+            http.post(
+                "/accounts/login/",
+                data={
+                    "username": "root",
+                    "password": "s3cret-pass-for-test",
+                    "csrfmiddlewaretoken": http.cookies["csrftoken"],
+                    "next": "/",
+                },
+            )
+            headers = {"X-CSRFToken": http.cookies["csrftoken"], "Referer": base + "/"}
+            definition = PROBE.replace(
+                "        run: |",
+                f'        env: {{PROBE_DB: "{db_file}", PROBE_VAR: "{tmp_path}"}}\n        run: |',
+            )
+            created = http.post(
+                "/api/v1/pipelines/",
+                headers=headers,
+                json={"slug": "probe", "team": "ops", "definition": definition},
+            )
+            assert created.status_code == 201, created.text
+            run_id = http.post(
+                "/api/v1/pipelines/probe/runs/", headers=headers, json={"parameters": {}}
+            ).json()["id"]
+
+            def finished():
+                body = http.get(f"/api/v1/runs/{run_id}/").json()
+                return body if body["status"] in ("succeeded", "failed") else None
+
+            detail = _wait(finished, 60, "the probe to finish")
+            step = detail["stages"][0]["steps"][0]
+            lines = http.get(f"/api/v1/runs/{run_id}/log/", params={"step": step["id"]}).json()[
+                "lines"
+            ]
+        text = "\n".join(lines)
+        assert "--- done" in text, text
+        assert "s3cret-pass-for-test" not in text  # DJANGO_SUPERUSER_PASSWORD of the server
+        assert "DJANGO_SETTINGS_MODULE" not in text and "CLEARWAY_VAR_DIR" not in text
+        assert "SQLite format" not in text
+        assert "clearway.sqlite3" not in text.replace(str(db_file), "")
+        ps = text.split("--- ps")[1].split("--- done")[0]
+        assert "python" not in ps and "uvicorn" not in ps
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
         log.close()

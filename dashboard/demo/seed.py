@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import date
 from pathlib import Path
+from secrets import token_urlsafe
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -13,7 +14,8 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from guardian.shortcuts import assign_perm
 
-from governance.models import ApprovalRule, Environment, Tier
+from governance import secrets
+from governance.models import ApprovalRule, Environment, Secret, Tier
 from orchestrator import actions
 from orchestrator.models import Pipeline, Team
 
@@ -126,6 +128,20 @@ def seed_environments(today: date) -> dict[str, Environment]:
     return envs
 
 
+def seed_secrets(admin) -> None:
+    """sre manages production's secrets; payments-api's production rollout asks for the
+    database password (a random value: the run page shows it masked)."""
+    prod = Environment.objects.get(name="production")
+    assign_perm("governance.manage_secrets", Group.objects.get(name="sre"), prod)
+    if not Secret.objects.filter(name="PAYMENTS_DB_PASSWORD", environment=prod).exists():
+        secrets.set_secret(
+            actor=admin,
+            name="PAYMENTS_DB_PASSWORD",
+            value=token_urlsafe(24),
+            environment=prod,
+        )
+
+
 def seed_pipelines(admin, teams, *, now=None) -> dict[str, Pipeline]:
     result = {}
     for slug, team in PIPELINES:
@@ -148,6 +164,7 @@ def seed(*, history: bool = True, days: int = 60, out=None) -> str:
         people = seed_people()
         seed_environments(now.date())
     policies = _seed_policies(people["users"]["paula"], now=now)
+    seed_secrets(people["users"]["admin"])
     pipelines = seed_pipelines(
         people["users"]["admin"], people["teams"], now=now - timezone.timedelta(days=days + 1)
     )

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -46,7 +45,7 @@ LONG_LINES = 12
 AFTER_LINES = 6
 
 
-def definition(go: Path) -> str:
+def definition() -> str:
     """first/long prints a line every 0.5 s (~6 s): Redis stops while it runs and stays down
     until it ended, so the page misses its last lines and its end. second/after waits until
     the file `go` exists (the test creates it once the page is live again), then prints a
@@ -65,7 +64,9 @@ stages:
     steps:
       - name: after
         run: |
-          n=0; while [ ! -e '{go}' ]; do sleep 0.1; n=$((n + 1)); [ $n -lt 900 ] || exit 3; done
+          n=0; while [ ! -e "$CLEARWAY_WORKSPACE/go" ]; do
+            sleep 0.1; n=$((n + 1)); [ $n -lt 900 ] || exit 3
+          done
           for i in {" ".join(str(n) for n in range(1, AFTER_LINES + 1))}; do
             echo "after the outage $i"; sleep 0.4
           done
@@ -234,16 +235,17 @@ def stack(supervised) -> str:
 def test_page_reconnects_and_ends_equal_to_the_database(
     developer, make_pipeline, login, own_redis, supervised, tmp_path, shot
 ):
+    from orchestrator.actions import workspace_for
     from orchestrator.models import Run, RunStatus, StepRun, StepStatus
 
-    go = tmp_path / "go"
-    pipeline = make_pipeline(slug="through-an-outage", definition=definition(go))
+    pipeline = make_pipeline(slug="through-an-outage", definition=definition())
     page = login(developer)
     page.goto(f"/pipelines/{pipeline.slug}/")
     expect_live(page)
     page.locator("form#trigger-form button[type=submit]").click()
     page.wait_for_url("**/runs/*/")
     run = Run.objects.get(pipeline=pipeline)
+    go = workspace_for(run.pk) / "go"
     assert page.url.endswith(f"/runs/{run.pk}/")
     mark_document(page)
     expect_live(page)

@@ -129,3 +129,20 @@ def test_unknown_and_invisible_runs_are_404(gated, outsider, developer, client_f
     assert client_for(developer).get("/runs/999999/").status_code == 404
     assert client_for(outsider).get(f"/runs/{run.pk}/").status_code == 404
     assert client_for(outsider).get(f"/runs/{run.pk}/gate-panel/").status_code == 404
+
+
+def test_a_run_page_shows_a_banner_when_steps_ran_or_run_without_the_sandbox(
+    gated, developer, client_for, settings
+):
+    from orchestrator.models import Run
+
+    run, _ = gated
+    client = client_for(developer)
+    assert 'id="sandbox-banner"' not in page(client, run)
+    Run.objects.filter(pk=run.pk).update(sandboxed=False)
+    body = page(client, run)
+    assert 'id="sandbox-banner"' in body and "Steps of this run ran with" in body
+    Run.objects.filter(pk=run.pk).update(sandboxed=True)
+    settings.CLEARWAY = {**settings.CLEARWAY, "SANDBOX": "off"}
+    body = page(client, run)
+    assert 'id="sandbox-banner"' in body and "This installation runs pipeline steps" in body

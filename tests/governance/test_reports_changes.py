@@ -442,3 +442,25 @@ def test_the_async_adapter_batches_and_closes():
 
     assert asyncio.run(first_two()) == [b"header", b"x" * 40]
     assert closed == [True]
+
+
+def test_rows_say_whether_the_deployment_ran_sandboxed_and_which_secrets_it_got(scenario, carl):
+    from orchestrator.models import Run, StepRun
+
+    _, _, doc = export(carl, "json")
+    first = doc["changes"][0]
+    assert first["sandboxed"] is True and first["secrets"] == []
+    stage = StageRun.objects.get(pk=int(first["change_id"].removeprefix("CHG-")))
+    Run.objects.filter(pk=stage.run_id).update(sandboxed=False)
+    StepRun.objects.create(
+        stage=stage,
+        name="ship",
+        position=9,
+        secrets=[{"name": "DB_PASSWORD", "version": 3, "scope": "production"}],
+    )
+    _, _, doc = export(carl, "json")
+    row = next(r for r in doc["changes"] if r["change_id"] == first["change_id"])
+    assert row["sandboxed"] is False
+    assert row["secrets"] == [{"step": "ship", "name": "DB_PASSWORD", "version": 3}]
+    _, text, _ = export(carl, "csv")
+    assert b"ship: DB_PASSWORD v3" in text

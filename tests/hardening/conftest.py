@@ -91,6 +91,7 @@ class World:
     policy: object = None  # soft-mandatory, production, with an unpublished draft
     decision: object = None  # the policy's decision at `gate`
     job: object = None  # carl's finished PDF report job
+    secret: object = None  # DB_PASSWORD of production (sre holds manage_secrets there)
     audit_seq: int = 0
 
 
@@ -207,6 +208,17 @@ def build_world(*, gates: bool = True) -> World:
         world.tokens[role] = Token.objects.get_or_create(user=user)[0].key
     world.environments = build_environments(groups)
     users = world.users
+    from guardian.shortcuts import assign_perm
+
+    from governance import secrets
+
+    assign_perm("governance.manage_secrets", groups["sre"], world.environments["production"])
+    world.secret = secrets.set_secret(
+        actor=users["superuser"],
+        name="DB_PASSWORD",
+        value="world-secret-value",
+        environment=world.environments["production"],
+    )
     with actions.dispatching_to(_no_dispatch):
         world.pipeline = actions.create_pipeline(
             actor=users["developer"],

@@ -59,6 +59,7 @@ APPROVERS = frozenset({"approver", "superuser"})  # approve/override production 
 EDITORS = frozenset({"policy_admin", "superuser"})  # change policies and environments
 AUDITORS = frozenset({"compliance_manager", "superuser"})  # read the audit log
 EXPORTERS = AUDITORS  # export reports
+KEEPERS = frozenset({"approver", "superuser"})  # manage_secrets on production (sre)
 NOBODY = frozenset()
 
 # Left out of the matrix, each with its reason. Everything else must be in ROUTES.
@@ -309,6 +310,30 @@ ROUTES: dict[str, Route] = {
     "gate-override": Route(
         gate_pk, (Check("post", data=JUSTIFICATION, allowed=APPROVERS, hidden=HIDDEN),)
     ),
+    # --- API: managed secrets (names and versions; values go in, never out) -------------
+    "secret-list": Route(
+        checks=(
+            Check(),
+            Check(
+                "post",
+                data={"name": "API_KEY", "value": "v-1", "environment": "production"},
+                allowed=KEEPERS,
+                ok=201,
+            ),
+        )
+    ),
+    "secret-detail": Route(
+        lambda w: {"pk": w.secret.pk},
+        (
+            Check(),
+            Check("put", data={"value": "v-2"}, allowed=KEEPERS),
+            Check("patch", data={"value": "v-3"}, allowed=KEEPERS),
+            Check("delete", allowed=KEEPERS, ok=204),
+        ),
+    ),
+    "secret-rotate": Route(lambda w: {"pk": w.secret.pk}, (Check("post", allowed=KEEPERS),)),
+    # Write-only: nobody reads a value back, not even a superuser (403, audited).
+    "secret-value": Route(lambda w: {"pk": w.secret.pk}, (Check(allowed=NOBODY),)),
     "environment-list": Route(checks=(Check(),)),
     "environment-detail": Route(lambda w: {"name": "production"}, (Check(),)),
     # --- API: policies and decisions -------------------------------------------------------
@@ -407,6 +432,13 @@ ROUTES: dict[str, Route] = {
     ),
     "governance:policy-versions": Route(policy_pk, (Check(),)),
     "governance:environments": Route(checks=(Check(),)),
+    "governance:environment-secrets": Route(
+        lambda w: {"name": "production"},
+        (
+            Check("post", data={"name": "API_KEY", "value": "v-1"}, allowed=KEEPERS, ok=302),
+            Check("post", data=lambda w: {"delete": w.secret.pk}, allowed=KEEPERS, ok=302),
+        ),
+    ),
     "governance:environment": Route(
         lambda w: {"name": "production"},
         (Check(), Check("post", data=_environment_form, allowed=EDITORS, ok=302)),

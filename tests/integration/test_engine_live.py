@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import uuid
 
@@ -17,6 +16,7 @@ from governance import audit
 from governance.models import AuditEvent
 from orchestrator import actions
 from orchestrator.models import LogChunk, Run, RunStatus, StageStatus, StepRun, StepStatus, Team
+from tests.processes import host_pids
 
 from .conftest import start_beat, start_worker, wait_for
 
@@ -133,7 +133,7 @@ stages:
   - name: long
     steps:
       - name: sleep
-        run: echo "pid $$"; sleep 300 & wait
+        run: echo started; sleep 300.0613 & wait
 """
 
 
@@ -148,16 +148,9 @@ def _pid_alive(pid: int) -> bool:
 def test_cancel_mid_step_kills_the_process_group(live_db, worker):
     run = actions.trigger_run(_pipeline(SLEEPER), actor=_user(), trigger="api")
     step = StepRun.objects.get(stage__run=run)
-
-    def shell_pid():
-        text = "".join(LogChunk.objects.filter(step=step).values_list("text", flat=True))
-        found = re.search(r"pid (\d+)", text)
-        return int(found.group(1)) if found else None
-
-    pid = wait_for(shell_pid, 30, what="the step to print its pid")
-    assert _pid_alive(pid)
+    wait_for(lambda: host_pids("sleep 300.0613"), 30, what="the step's sleep to start")
     actions.cancel_run(run, actor=_user())
-    wait_for(lambda: not _pid_alive(pid), 15, what="the step's shell to be killed")
+    wait_for(lambda: not host_pids("sleep 300.0613"), 15, what="the step to be killed")
     run.refresh_from_db()
     step.refresh_from_db()
     assert run.status == RunStatus.CANCELED

@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 from governance.models import Environment
 from orchestrator import actions, events, executors
 from orchestrator.models import Run, StepRun, Team
+from tests.processes import host_pids  # noqa: F401 (for the test modules)
 
 
 def dedent(text: str) -> str:

@@ -20,7 +20,7 @@ from orchestrator.models import (
     StepStatus,
 )
 
-from .conftest import DIAMOND, log_text, pid_alive, steps_of, wait_for
+from .conftest import DIAMOND, host_pids, log_text, steps_of, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -156,7 +156,7 @@ stages:
   - name: long
     steps:
       - name: sleep
-        run: sleep 30 & echo "child $!"; wait
+        run: sleep 30.0529 & echo "child $!"; wait
   - name: later
     needs: [long]
     steps:
@@ -184,15 +184,7 @@ def test_cancel_kills_a_running_step_within_seconds(start, worker, developer):
     thread = threading.Thread(target=execute)
     thread.start()
     try:
-
-        def child_pid():
-            found = [
-                line.rsplit(" ", 1)[1] for line in log_text(step).splitlines() if " child " in line
-            ]
-            return int(found[0]) if found else None
-
-        pid = wait_for(child_pid, what="the step to print its child's pid")
-        assert pid_alive(pid)
+        wait_for(lambda: host_pids("sleep 30.0529"), what="the step's sleep to start")
         actions.cancel_run(run, actor=developer)
         thread.join(10)
         assert not thread.is_alive(), "the executor did not stop"
@@ -200,7 +192,7 @@ def test_cancel_kills_a_running_step_within_seconds(start, worker, developer):
         thread.join(30)
     # heartbeat() said "stop" (at most ~1 s later) and the whole process group was killed.
     assert outcome["seconds"] < 8
-    wait_for(lambda: not pid_alive(pid), 5, what="the background sleep to be killed")
+    wait_for(lambda: not host_pids("sleep 30.0529"), 5, what="the background sleep to be killed")
     step.refresh_from_db()
     run.refresh_from_db()
     assert step.status == StepStatus.CANCELED
@@ -285,7 +277,7 @@ stages:
   - name: one
     steps:
       - name: once
-        run: echo ran >> "$MARKER"
+        run: echo ran >> "$CLEARWAY_WORKSPACE/marker"
   - name: two
     needs: [one]
     steps:
@@ -294,9 +286,9 @@ stages:
 """
 
 
-def test_executing_the_same_step_attempt_twice_runs_it_once(start, worker, tmp_path):
-    marker = tmp_path / "marker"
-    start(TWO_STAGES.replace('"$MARKER"', str(marker)))
+def test_executing_the_same_step_attempt_twice_runs_it_once(start, worker):
+    run = start(TWO_STAGES)
+    marker = actions.workspace_for(run.pk) / "marker"  # the run has not ended: still there
     [item] = worker.take()
     worker.run(item)
     worker.run(item)  # a redelivered message

@@ -16,7 +16,7 @@ import pytest
 from orchestrator import actions, executors
 from orchestrator.models import LogChunk, RunStatus, StepRun, StepStatus
 
-from .conftest import log_text, pid_alive, steps_of, wait_for
+from .conftest import host_pids, log_text, steps_of, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -190,7 +190,7 @@ def test_clean_line_bounds_a_very_long_line():
 
 
 def test_timeout_fails_the_step_and_kills_its_process_group(start, worker):
-    run = start(one_step('sleep 5 & echo "child $!"; wait', timeout=1))
+    run = start(one_step('sleep 5.0271 & echo "child $!"; wait', timeout=1))
     began = time.monotonic()
     worker.drive(run)
     assert time.monotonic() - began < 4
@@ -200,8 +200,7 @@ def test_timeout_fails_the_step_and_kills_its_process_group(start, worker):
     assert step.error == "timed out after 1 s"
     text = log_text(step)
     assert "[clearway] step stopped: timed out after 1 s" in text
-    pid = int(re.search(r"child (\d+)", text).group(1))
-    wait_for(lambda: not pid_alive(pid), 3, what="the background sleep to be killed")
+    wait_for(lambda: not host_pids("sleep 5.0271"), 3, what="the background sleep to be killed")
 
 
 def test_timeout_holds_for_a_step_that_closed_its_output(start, worker):
@@ -217,13 +216,12 @@ def test_timeout_holds_for_a_step_that_closed_its_output(start, worker):
 
 
 def test_a_background_process_is_not_left_behind_after_success(start, worker):
-    run = start(one_step('sleep 20 >/dev/null 2>&1 & echo "child $!"', timeout=60))
+    run = start(one_step('sleep 20.0313 >/dev/null 2>&1 & echo "child $!"', timeout=60))
     worker.drive(run)
     step = only_step(run)
     assert step.status == StepStatus.SUCCEEDED
-    pid = int(re.search(r"child (\d+)", log_text(step)).group(1))
-    # What a step started in its process group ends with it (no daemons left on the worker).
-    wait_for(lambda: not pid_alive(pid), 3, what="the leftover background process to end")
+    # What a step started ends with it (no daemons left on the worker).
+    wait_for(lambda: not host_pids("sleep 20.0313"), 3, what="the leftover process to end")
 
 
 # --- http steps -------------------------------------------------------------------------

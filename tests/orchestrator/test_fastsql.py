@@ -1,4 +1,4 @@
-"""orchestrator.fastsql: the engine's plain-SQL reads and writes give the same rows and
+"""orchestrator.kernel.fastsql: the engine's plain-SQL reads and writes give the same rows and
 instances as the ORM calls they replace (JSON, datetimes, NULLs, booleans included)."""
 
 from __future__ import annotations

@@ -126,6 +126,7 @@ def test_valid_document_is_normalized_with_defaults():
                         "timeout": 600,
                         "retries": 0,
                         "env": {"KEY": "value"},
+                        "secrets": [],
                     }
                 ],
             },
@@ -141,6 +142,7 @@ def test_valid_document_is_normalized_with_defaults():
                         "timeout": 120,
                         "retries": 2,
                         "env": {},
+                        "secrets": [],
                     },
                     {
                         "name": "smoke",
@@ -155,6 +157,7 @@ def test_valid_document_is_normalized_with_defaults():
                         "timeout": 30,
                         "retries": 0,
                         "env": {},
+                        "secrets": [],
                     },
                 ],
             },
@@ -176,6 +179,7 @@ def test_valid_document_is_normalized_with_defaults():
                         "timeout": 600,
                         "retries": 0,
                         "env": {},
+                        "secrets": [],
                     }
                 ],
             },

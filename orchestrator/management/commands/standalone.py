@@ -18,10 +18,10 @@ import threading
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from governance import checkpoints
-from orchestrator import events, executors
+from orchestrator import events, executors, sandbox
 from orchestrator.celery import app
 from orchestrator.cli import prepare_directories
 
@@ -46,6 +46,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         prepare_directories()
+        # Steps run under bubblewrap; without it, refuse rather than run them unisolated.
+        try:
+            warning = sandbox.startup_check("standalone server")
+        except sandbox.SandboxUnavailable as exc:
+            raise CommandError(f"Clearway refuses to start: {exc}") from None
+        if warning:
+            self.stderr.write(self.style.WARNING(warning))
         call_command("migrate", interactive=False, verbosity=0)
         # Signed audit checkpoints need a key outside the database: standalone makes one under
         # var/ on its first start (a production deployment names its own in settings).
@@ -159,6 +166,12 @@ class Command(BaseCommand):
             f"channel layer: {settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[-1]}",
             f"  audit checkpoints: signed with {settings.CLEARWAY['AUDIT_SIGNING_KEY']}, "
             f"written to {', '.join(settings.CLEARWAY['AUDIT_CHECKPOINT_SINKS'])}",
+            "  steps: "
+            + (
+                "sandboxed (bubblewrap)"
+                if sandbox.enabled()
+                else "NOT SANDBOXED (CLEARWAY_SANDBOX=off)"
+            ),
         ]
         if demo and password:
             lines += [
