@@ -154,7 +154,7 @@ def test_events_after_the_export_started_are_not_included(people, carl, monkeypa
         audit.record(None, "test.late")  # lands while the stream is being written
         return original(evidence, rows, **kw)
 
-    monkeypatch.setattr(reports, "write_ndjson", late_write)
+    monkeypatch.setattr(reports.exports, "write_ndjson", late_write)
     _, data = export(carl, format="ndjson")
     actions = [r["action"] for r in ndjson(data) if r["type"] == "event"]
     assert "test.one" in actions and "test.late" not in actions
