@@ -46,6 +46,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         prepare_directories()
+        if "LOG_LEVEL" not in os.environ:
+            # The embedded worker and beat would log every task at INFO: a demo's console
+            # keeps to warnings (LOG_LEVEL=INFO brings them back).
+            logging.getLogger("celery").setLevel(logging.WARNING)
         # Steps run under bubblewrap; without it, refuse rather than run them unisolated.
         try:
             warning = sandbox.startup_check("standalone server")
