@@ -97,6 +97,7 @@
     });
     marks = [];
     current = -1;
+    pinned = null;
   }
 
   function textNodes(line) {
@@ -158,7 +159,30 @@
     var box = section && section.querySelector(".log");
     if (button && box && box.hidden) setCollapsed(button, box, false);
     mark.scrollIntoView({ block: "center" });
+    pin(mark);
     count.textContent = current + 1 + " of " + marks.length;
+  }
+
+  // Keep the current match where the reader sees it when the page changes above it (the gate
+  // panel appearing, a live update growing a card). The browser's scroll anchoring keeps the
+  // first visible element in place, which may be above the change (the Details card above the
+  // gate panel), so the logs would be pushed out of view under the reader.
+  var pinned = null;
+  function pin(mark) {
+    pinned = { mark: mark, top: mark.getBoundingClientRect().top };
+  }
+  function inView(top) {
+    return top >= 0 && top < window.innerHeight;
+  }
+  window.addEventListener("scroll", function () {
+    if (pinned) pinned.top = pinned.mark.getBoundingClientRect().top; // the reader's new place
+  });
+  if (window.ResizeObserver) {
+    new ResizeObserver(function () {
+      if (!pinned || !pinned.mark.isConnected || !inView(pinned.top)) return;
+      var moved = pinned.mark.getBoundingClientRect().top - pinned.top;
+      if (Math.abs(moved) >= 1) window.scrollBy(0, moved);
+    }).observe(document.body);
   }
 
   var timer = null;

@@ -73,6 +73,55 @@ def test_search_collapse_wrap_link_and_raw_download(world, login, shot):
     assert text[1].endswith("Building payments-api 5.0.0 from main")
 
 
+# A build whose production gate opens a few seconds after the build: the gate panel appears
+# above the logs while someone is reading a match.
+LATE_GATE_PIPELINE = """\
+name: Late gate
+stages:
+  - name: build
+    steps:
+      - name: compile
+        run: |
+          for module in core ledger settlement; do printf 'compiling %s ...\\n' "$module"; done
+  - name: soak
+    needs: [build]
+    steps:
+      - name: wait
+        run: sleep 4
+  - name: deploy-production
+    needs: [soak]
+    environment: production
+    steps:
+      - name: rollout
+        run: echo "Deployment complete"
+"""
+
+
+def test_the_current_match_stays_in_view_when_the_gate_panel_appears(world, login, make_pipeline):
+    from orchestrator import actions
+    from orchestrator.models import StepRun
+
+    pipeline = make_pipeline("late-gate", definition=LATE_GATE_PIPELINE)
+    run = actions.trigger_run(pipeline, actor=world.dana, parameters={})
+    step = StepRun.objects.get(stage__run=run, name="compile")
+    dana = login(world.dana)
+    dana.goto(f"/runs/{run.pk}/")
+    expect_live(dana)
+    section = dana.locator(f'[data-step-id="{step.pk}"]')
+    expect(section).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    gate = dana.locator("#gate-panel [data-gate-id]")
+    expect(gate).to_have_count(0)  # the soak step is still sleeping
+
+    dana.locator("#log-search-input").fill("compiling")
+    expect(dana.locator("#log-search-count")).to_have_text("1 of 3")
+    current = dana.locator("mark.log-match-current")
+    expect(current).to_be_in_viewport()
+    # The gate panel is inserted above the logs; the match being read does not move away.
+    expect(gate).to_have_count(1, timeout=30_000)
+    expect(gate).to_be_visible()
+    expect(current).to_be_in_viewport()
+
+
 def _long_log(step, n: int) -> None:
     from orchestrator.models import LogChunk
 
