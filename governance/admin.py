@@ -39,12 +39,15 @@ from .permissions import can_edit_policies, restrict
 from .rego import PolicyCompileError
 
 
-def _all_fields(model) -> list[str]:
-    return [f.name for f in model._meta.fields]
+def _all_fields(model, hidden=frozenset()) -> list[str]:
+    return [f.name for f in model._meta.fields if f.name not in hidden]
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """History is never edited: no add, change or delete, every field read-only."""
+    """History is never edited: no add, change or delete, every field read-only. Fields in
+    `hidden_fields` (credentials) are not shown at all."""
+
+    hidden_fields: frozenset[str] = frozenset()
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -56,7 +59,14 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
     def get_readonly_fields(self, request, obj=None):
-        return _all_fields(self.model) + [f.name for f in self.model._meta.many_to_many]
+        return _all_fields(self.model, self.hidden_fields) + [
+            f.name for f in self.model._meta.many_to_many
+        ]
+
+    def get_fields(self, request, obj=None):
+        if not self.hidden_fields:
+            return super().get_fields(request, obj)
+        return self.get_readonly_fields(request, obj)
 
 
 class ReadOnlyInline(admin.TabularInline):

@@ -13,33 +13,18 @@ from __future__ import annotations
 from django.contrib import admin
 from django.template.response import TemplateResponse
 
+from governance import admin as governance_admin
 from governance.permissions import can, restrict
 
 from . import actions
 from .models import Pipeline, PipelineVersion, Run, StageRun
 
-SECRET_FIELDS = {"webhook_secret"}
 
+class ReadOnlyAdmin(governance_admin.ReadOnlyAdmin):
+    """governance's read-only admin, narrowed to what the user may view, and never showing
+    a pipeline's webhook secret."""
 
-def _fields(model) -> list[str]:
-    return [f.name for f in model._meta.fields if f.name not in SECRET_FIELDS]
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-    def get_fields(self, request, obj=None):
-        return _fields(self.model)
-
-    def get_readonly_fields(self, request, obj=None):
-        return _fields(self.model)
+    hidden_fields = frozenset({"webhook_secret"})
 
     def get_queryset(self, request):
         return restrict(super().get_queryset(request), request.user, "view")
