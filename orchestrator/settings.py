@@ -250,7 +250,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "orchestrator.pagination.Pagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "orchestrator.api_errors.exception_handler",
     "DEFAULT_FILTER_BACKENDS": ["orchestrator.filters.FilterBackend"],
