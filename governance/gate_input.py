@@ -9,7 +9,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from orchestrator.models import StageRun
+from orchestrator.models import StageRun, StepRun
 
 from . import rego
 from .errors import GateInputError
@@ -61,6 +61,17 @@ def build_input(stage_run: StageRun, now: datetime, *, approvals: Iterable[Appro
         "in_freeze": env.freeze_at(now) is not None,
         "in_change_window": env.in_change_window(now),
     }
+    # The names of the secrets the stage's steps ask for — never a value (nor a version:
+    # which version a step gets is decided when it starts, past the gate).
+    requested = sorted(
+        {
+            str(name)
+            for config in StepRun.objects.filter(stage_id=stage_run.pk).values_list(
+                "config", flat=True
+            )
+            for name in (config or {}).get("secrets") or []
+        }
+    )
     previous = (
         StageRun.objects.filter(run_id=run.pk, position__lt=stage_run.position)
         .select_related("environment")
@@ -85,7 +96,7 @@ def build_input(stage_run: StageRun, now: datetime, *, approvals: Iterable[Appro
             },
             "parameters": run.parameters or {},
         },
-        "stage": {"name": stage_run.name, "environment": env.name},
+        "stage": {"name": stage_run.name, "environment": env.name, "secrets": requested},
         "environment": {
             "name": env.name,
             "tier": env.tier,

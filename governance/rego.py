@@ -231,7 +231,15 @@ INPUT_SCHEMA: dict = {
         "stage": {
             "type": "object",
             "required": ["name", "environment"],
-            "properties": {"name": _STR, "environment": {"type": ["string", "null"]}},
+            "properties": {
+                "name": _STR,
+                "environment": {"type": ["string", "null"]},
+                "secrets": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$"},
+                    "uniqueItems": True,
+                },
+            },
         },
         "environment": {
             "type": "object",

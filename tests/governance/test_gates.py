@@ -82,7 +82,7 @@ def test_the_input_document_follows_the_published_schema(run_at_gate, approver, 
         "groups": ["developer", "team-payments"],
     }
     assert doc["run"]["parameters"] == {"version": "2.0.0", "author": "erin"}
-    assert doc["stage"] == {"name": "deploy-production", "environment": "production"}
+    assert doc["stage"] == {"name": "deploy-production", "environment": "production", "secrets": []}
     assert doc["previous_stages"] == [{"name": "build", "status": "succeeded", "environment": None}]
     assert doc["approvals"] == [
         {
