@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -530,11 +531,19 @@ def finish_step_and_claim_next(
     exit_code: int | None = None,
     error: str = "",
     log=None,
+    on_claimed: Callable[[StepRun], None] | None = None,
 ) -> StepRun | None:
     """finish_step, and in the same transaction claim for `worker` the first step of the run
     that becomes ready (without a countdown) — returned, to be executed by the caller right
-    away. Other ready steps are dispatched to workers as usual."""
-    _, claimed = _finish(step_id, attempt, succeeded, exit_code, error, None, log, worker)
+    away. Other ready steps are dispatched to workers as usual.
+
+    `on_claimed(step)` is called with the claimed step inside the transaction, before its
+    commit: the executor starts the step's sandbox there, held at a barrier, so that its
+    start overlaps the commit (executors.prestart). It must not write to the database; if
+    this raises, nothing is claimed (the caller abandons what it started)."""
+    _, claimed = _finish(
+        step_id, attempt, succeeded, exit_code, error, None, log, worker, on_claimed
+    )
     return claimed
 
 
@@ -547,6 +556,7 @@ def _finish(
     now: datetime | None,
     log,
     claim_for: str,
+    on_claimed: Callable[[StepRun], None] | None = None,
 ) -> tuple[StepRun | None, StepRun | None]:
     now = now or timezone.now()
     known = log.step.stage.run if log is not None and log.step.pk == step_id else None
@@ -605,6 +615,8 @@ def _finish(
             )
             dispatch_after_commit(outcome)
         advanced = advance(run, now=now, stages=stages, steps=steps, claim_for=claim_for)
+        if on_claimed is not None and advanced.claimed is not None:
+            on_claimed(advanced.claimed)
     return step, advanced.claimed
 
 

@@ -253,15 +253,43 @@ def _kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
     proc.wait()
 
 
-def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
+def run_command(
+    step: StepRun, run, stage, log: LogWriter, prestarted: Prestarted | None = None
+) -> Result:
+    timeout = float(step.config.get("timeout") or 600)
+    proc = prestarted.proc if prestarted is not None else None
+    try:
+        log.add(f"$ {step.config['run']}" if "\n" not in step.config["run"] else "$ <script>")
+        if proc is not None:
+            # Started in the transaction that claimed the step (see prestart), now committed:
+            # its shell goes on with the script. Only steps without secrets are pre-started.
+            _release_barrier(proc)
+        else:
+            env = _child_env(step, run, stage)
+            refused = _release_secrets(step, run, stage, env, log)
+            if refused is not None:
+                return refused
+            if not sandbox.enabled():
+                _mark_unsandboxed(run, log)
+            proc = _spawn(step, run, stage, env)
+        return _supervise(proc, step, log, timeout)
+    except BaseException:
+        # Whatever went wrong here (the database, the worker going down), the step does not
+        # go on unsupervised.
+        if proc is not None:
+            _kill_group(proc, grace=0.5)
+        raise
+    finally:
+        if proc is not None:
+            with _running_lock:
+                _running.discard(proc)
+
+
+def _spawn(step: StepRun, run, stage, env: dict, *, barrier: bool = False) -> subprocess.Popen:
+    """Start the step's command: in the sandbox unless CLEARWAY_SANDBOX=off. With `barrier`
+    (sandboxed only), its shell waits on stdin for BARRIER_GO before it runs the script."""
     workspace = actions.workspace_for(run.pk)
     workspace.mkdir(parents=True, exist_ok=True)
-    env = _child_env(step, run, stage)
-    timeout = float(step.config.get("timeout") or 600)
-    log.add(f"$ {step.config['run']}" if "\n" not in step.config["run"] else "$ <script>")
-    refused = _release_secrets(step, run, stage, env, log)
-    if refused is not None:
-        return refused
     # Running a shell command is the feature; parameters reach it only as environment
     # variables (see the module docstring), never spliced into the text.
     if sandbox.enabled():
@@ -273,30 +301,81 @@ def run_command(step: StepRun, run, stage, log: LogWriter) -> Result:
             env=env,
             limits=sandbox.limits_for(step.config, environment),
             network=not sandbox.network_off(step.config, environment),
+            barrier=barrier,
         )
         argv, cwd, env = plan.argv, plan.cwd, plan.env
     else:
-        _mark_unsandboxed(run, log)
         env["HOME"] = env["CLEARWAY_WORKSPACE"] = str(workspace)
         argv, cwd = ["/bin/sh", "-c", step.config["run"]], str(workspace)
     proc = subprocess.Popen(
         argv,
         cwd=cwd,
         env=env,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if barrier else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        bufsize=0,
     )
     with _running_lock:
         _running.add(proc)
+    return proc
+
+
+# --- pre-started sandboxes: the next step's start overlaps the commit that claims it ------
+
+
+@dataclass
+class Prestarted:
+    """A claimed step's sandboxed shell, started before the claim committed and held at its
+    barrier (sandbox.Limits.shell): nothing of the script runs before _release_barrier."""
+
+    step_id: int
+    attempt: int
+    proc: subprocess.Popen
+
+
+def prestartable(step: StepRun) -> bool:
+    """Only sandboxed `run` steps without secrets: secrets are released when the step starts,
+    after its claim committed (a protected environment's gate is read then)."""
+    return step.kind != "http" and sandbox.enabled() and not step.config.get("secrets")
+
+
+def prestart(step: StepRun) -> Prestarted | None:
+    """Called inside the transaction that claims `step` (actions.finish_step_and_claim_next,
+    on_claimed): start its sandbox held at the barrier, so that bubblewrap's start (~5 ms:
+    its exec, namespaces, mounts, the init's fork, setpriv and sh) runs while the
+    transaction commits instead of after it. Writes nothing; None when the step cannot be
+    pre-started or the start failed (the step then starts the usual way, and fails there
+    with the reason if it must)."""
+    if not prestartable(step):
+        return None
+    stage = step.stage
     try:
-        return _supervise(proc, step, log, timeout)
-    except BaseException:
-        # Whatever went wrong here (the database, the worker going down), the step does not
-        # go on unsupervised.
-        _kill_group(proc, grace=0.5)
-        raise
+        proc = _spawn(step, stage.run, stage, _child_env(step, stage.run, stage), barrier=True)
+    except Exception:
+        logger.warning("could not pre-start step %s; it starts after its claim", step.pk)
+        return None
+    return Prestarted(step.pk, step.attempt, proc)
+
+
+def _release_barrier(proc: subprocess.Popen) -> None:
+    try:
+        os.write(proc.stdin.fileno(), sandbox.BARRIER_GO)
+    except OSError:
+        pass  # the shell is gone already: _supervise reports how it ended
+    finally:
+        proc.stdin.close()
+
+
+def abandon(prestarted: Prestarted) -> None:
+    """The claim did not commit (or claimed another step): end the held shell. End of file
+    on its barrier makes it exit before the script; the group is killed all the same."""
+    proc = prestarted.proc
+    try:
+        proc.stdin.close()
+        _kill_group(proc, grace=0.2)
+        proc.wait(timeout=5)
     finally:
         with _running_lock:
             _running.discard(proc)
@@ -481,15 +560,19 @@ def execute_step(step_id: int, attempt: int, *, chain: int = 0) -> None:
     worker = worker_name()
     deadline = time.monotonic() + CHAIN_SECONDS
     step = actions.claim_step(step_id, attempt, worker=worker)
+    held: Prestarted | None = None
     while step is not None:
         go_on = chain > 0 and not _stopping.is_set() and time.monotonic() < deadline
-        step = _run_claimed(step, worker if go_on else "")
+        step, held = _run_claimed(step, worker if go_on else "", held)
         chain -= 1
 
 
-def _run_claimed(step: StepRun, claim_next_for: str) -> StepRun | None:
-    """Run a claimed step and record its outcome; returns the next step claimed for
-    `claim_next_for` in the same transaction, if any."""
+def _run_claimed(
+    step: StepRun, claim_next_for: str, held: Prestarted | None = None
+) -> tuple[StepRun | None, Prestarted | None]:
+    """Run a claimed step (`held`: its pre-started sandbox) and record its outcome; returns
+    the next step claimed for `claim_next_for` in the same transaction, if any, with its
+    pre-started sandbox."""
     stage = step.stage
     run = stage.run
     logcontext.bind(run_id=run.pk, step_id=step.pk)  # on every log record of this step
@@ -497,8 +580,10 @@ def _run_claimed(step: StepRun, claim_next_for: str) -> StepRun | None:
     if step.attempt > 1:
         log.add(f"[clearway] attempt {step.attempt} of {step.max_attempts}")
     try:
-        runner = run_http if step.kind == "http" else run_command
-        result = runner(step, run, stage, log)
+        if step.kind == "http":
+            result = run_http(step, run, stage, log)
+        else:
+            result = run_command(step, run, stage, log, held)
     except Exception as exc:  # an executor bug must fail the step, not leave it running
         result = Result(False, None, f"executor error: {exc.__class__.__name__}: {exc}")
     except BaseException:  # the worker is going down: keep what the step printed
@@ -512,8 +597,35 @@ def _run_claimed(step: StepRun, claim_next_for: str) -> StepRun | None:
         "log": log,  # its last lines are written with the outcome, in one transaction
     }
     if claim_next_for:
-        return actions.finish_step_and_claim_next(
-            step.pk, step.attempt, worker=claim_next_for, **outcome
-        )
+        return _finish_and_claim_next(step, claim_next_for, outcome)
     actions.finish_step(step.pk, step.attempt, **outcome)
-    return None
+    return None, None
+
+
+def _finish_and_claim_next(
+    step: StepRun, worker: str, outcome: dict
+) -> tuple[StepRun | None, Prestarted | None]:
+    """Record the outcome and claim the next step in one transaction, pre-starting the
+    claimed step's sandbox inside it (prestart); abandoned if the transaction fails."""
+    started: list[Prestarted] = []
+
+    def on_claimed(claimed: StepRun) -> None:
+        held = prestart(claimed)
+        if held is not None:
+            started.append(held)
+
+    try:
+        claimed = actions.finish_step_and_claim_next(
+            step.pk, step.attempt, worker=worker, on_claimed=on_claimed, **outcome
+        )
+    except BaseException:
+        for held in started:
+            abandon(held)
+        raise
+    held = started[0] if started else None
+    if held is not None and (
+        claimed is None or (claimed.pk, claimed.attempt) != (held.step_id, held.attempt)
+    ):
+        abandon(held)
+        held = None
+    return claimed, held

@@ -21,8 +21,9 @@ What the step gets:
   STEP_UID_BASE + run id % STEP_UID_RANGE with no groups, no capabilities (bounding set
   empty) and no_new_privs. When the worker is not root, bubblewrap makes a user namespace
   in which the step is uid 65534 without capabilities; on the host it still is the worker's
-  uid, so hiding the worker's files (above) is what protects them — docs/security.md says
-  why root workers are the recommended setup.
+  uid, so hiding the worker's files (above) is what protects them. Such a worker refuses to
+  start (`startup_check`) unless CLEARWAY_SANDBOX_ALLOW_WORKER_UID is set on purpose —
+  docs/security.md says why root workers are the recommended setup.
 
 Why not `--unshare-user --uid N` as root: the user namespace maps the step's uid onto the
 uid that created it, so a root worker's step would be uid 0 on the host — owner of every
@@ -60,6 +61,10 @@ NEVER_BOUND = frozenset(
     {"proc", "sys", "dev", "tmp", "run", "root", "home", "mnt", "media", "lost+found", "boot"}
 )
 PR_SET_PDEATHSIG = 1
+# The line a pre-started step's shell waits for (Limits.shell, barrier) and its exit status
+# when it gets end of file instead.
+BARRIER_GO = b"go\n"
+BARRIER_EXIT = 124
 
 
 class SandboxUnavailable(Exception):
@@ -82,16 +87,29 @@ class Limits:
     processes: int
     cpu_seconds: int
 
-    def shell(self, script: str) -> list[str]:
+    def shell(self, script: str, *, barrier: bool = False) -> list[str]:
         """The step's shell: it sets the limits (hard and soft: the step, without
         capabilities, cannot raise them again) and then runs the script as `sh -c` would.
         Set in the shell itself, not by a preexec_fn (which makes Python fork instead of
         vfork: 3–5 ms per step at a worker's size) nor by `prlimit` (one more exec: ~1 ms);
         see benchmarks/engine_overhead.py. The script is an argument, never spliced into
-        the text; `set --` leaves no positional parameter behind."""
+        the text; `set --` leaves no positional parameter behind.
+
+        With `barrier`, the shell — sandbox built, privileges dropped, limits set — first
+        waits for one line on its stdin (a pipe from the executor) before it runs anything
+        of the script: the executor starts it while the transaction that claims the step
+        is still committing, and writes the line once it has (BARRIER_GO). End of file
+        instead (the claim rolled back, the executor died) exits with BARRIER_EXIT and
+        nothing of the script has run. The step's stdin is then /dev/null, as without."""
+        wait = (
+            f"read -r _clearway_go || exit {BARRIER_EXIT}\nunset _clearway_go\nexec </dev/null\n"
+            if barrier
+            else ""
+        )
         prelude = (
             f"ulimit -c 0 && ulimit -d {self.memory_mb * 1024} && ulimit -p {self.processes}"
             f" && ulimit -t {self.cpu_seconds} || exit 125\n"
+            f"{wait}"
             'eval "set --\n$1"'
         )
         return ["/bin/sh", "-c", prelude, "clearway-step", script]
@@ -135,8 +153,12 @@ class Launch:
     workspace: str  # the workspace as the step sees it
 
 
+def _worker_uid() -> int:
+    return os.geteuid()
+
+
 def _is_root() -> bool:
-    return os.geteuid() == 0
+    return _worker_uid() == 0
 
 
 def _step_uid(run_id: int) -> int:
@@ -206,6 +228,7 @@ def launch(
     env: dict[str, str],
     limits: Limits,
     network: bool = True,
+    barrier: bool = False,
 ) -> Launch:
     """The sandboxed command of one step (see the module docstring)."""
     inside = f"{WORKSPACE_MOUNT}/{workspace.name}"
@@ -243,7 +266,7 @@ def launch(
             "--bounding-set=-all",
             "--",
         ]
-    argv += limits.shell(script)
+    argv += limits.shell(script, barrier=barrier)
     return Launch(argv=argv, env=env, cwd="/", workspace=inside)
 
 
@@ -300,9 +323,21 @@ def check() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+NOT_ROOT = (
+    "this {component} runs as uid {uid}, not root, so it cannot give pipeline steps a user "
+    "of their own: bubblewrap would run them in a user namespace that maps them onto uid "
+    "{uid} on the host — the worker's own user, owner of its files and sharing its process "
+    "count. Run the {component} as root (recommended: bubblewrap then drops each step to a "
+    "uid of its run's, see docs/security.md), or set CLEARWAY_SANDBOX_ALLOW_WORKER_UID=1 on "
+    "purpose to accept steps that keep uid {uid} (still sandboxed: own PID namespace, "
+    "read-only root, the worker's files not mounted)."
+)
+
+
 def startup_check(component: str) -> str:
-    """For workers at start: "" when steps will be sandboxed; the warning to print when the
-    sandbox was switched off on purpose; raises SandboxUnavailable otherwise."""
+    """For workers at start: "" when steps will be sandboxed as a user of their own; the
+    warning to print when the sandbox was switched off, or a non-root worker was allowed to
+    run steps as its own uid, on purpose; raises SandboxUnavailable otherwise."""
     if not enabled():
         return (
             f"WARNING: CLEARWAY_SANDBOX=off — this {component} runs pipeline steps WITHOUT the "
@@ -310,7 +345,16 @@ def startup_check(component: str) -> str:
             "every workspace. Every run it executes is marked unsandboxed."
         )
     check()
-    return ""
+    if _is_root():
+        return ""
+    uid = _worker_uid()
+    if not settings.CLEARWAY.get("SANDBOX_ALLOW_WORKER_UID"):
+        raise SandboxUnavailable(NOT_ROOT.format(component=component, uid=uid))
+    return (
+        f"WARNING: CLEARWAY_SANDBOX_ALLOW_WORKER_UID is set — this {component} is not root, "
+        f"so its pipeline steps run sandboxed but as uid {uid} on the host, its own user "
+        "(docs/security.md, \"Step sandbox\")."
+    )
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:

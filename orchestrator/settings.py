@@ -387,6 +387,10 @@ CLEARWAY = {
     "SANDBOX": env.str("CLEARWAY_SANDBOX", default="on").lower(),
     # Extra host paths hidden from steps (colon-separated), beside the built-in ones.
     "SANDBOX_HIDE": env.str("CLEARWAY_SANDBOX_HIDE", default=""),
+    # A worker that is not root cannot give its steps a uid of their own: they would keep
+    # the worker's uid on the host (inside a user namespace). It refuses to start unless
+    # this is set on purpose (docs/security.md, "Step sandbox").
+    "SANDBOX_ALLOW_WORKER_UID": env.bool("CLEARWAY_SANDBOX_ALLOW_WORKER_UID", default=False),
     # Root workers drop a step to uid/gid STEP_UID_BASE + run id % STEP_UID_RANGE.
     "STEP_UID_BASE": env.int("CLEARWAY_STEP_UID_BASE", default=200_000),
     "STEP_UID_RANGE": env.int("CLEARWAY_STEP_UID_RANGE", default=50_000),
