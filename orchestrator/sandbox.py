@@ -353,7 +353,7 @@ def startup_check(component: str) -> str:
     return (
         f"WARNING: CLEARWAY_SANDBOX_ALLOW_WORKER_UID is set — this {component} is not root, "
         f"so its pipeline steps run sandboxed but as uid {uid} on the host, its own user "
-        "(docs/security.md, \"Step sandbox\")."
+        '(docs/security.md, "Step sandbox").'
     )
 
 

@@ -99,9 +99,7 @@ def test_end_of_file_at_the_barrier_ends_the_shell_before_the_script(tmp_path):
     assert not (workspace / "ran").exists()
 
 
-def test_the_next_step_runs_in_the_sandbox_started_by_the_claiming_transaction(
-    start, worker, held
-):
+def test_the_next_step_runs_in_the_sandbox_started_by_the_claiming_transaction(start, worker, held):
     run = start(two_stages('sh -c "echo second uid=$(id -u) pid=$$"'))
     [first] = worker.take()
     executors.execute_step(first.step_id, first.attempt, chain=tasks.INLINE_STEPS)
@@ -116,9 +114,7 @@ def test_the_next_step_runs_in_the_sandbox_started_by_the_claiming_transaction(
     assert worker.take() == []
 
 
-def test_a_claim_that_rolls_back_leaves_no_process_and_no_effect(
-    start, worker, held, monkeypatch
-):
+def test_a_claim_that_rolls_back_leaves_no_process_and_no_effect(start, worker, held, monkeypatch):
     run = start(two_stages("touch must-not-exist"))
     [first] = worker.take()
 

@@ -78,9 +78,7 @@ def shared_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_the_unprivileged_sandbox_isolates_the_step_but_keeps_the_worker_uid(
-    not_root, shared_dir
-):
+def test_the_unprivileged_sandbox_isolates_the_step_but_keeps_the_worker_uid(not_root, shared_dir):
     if os.geteuid() != 0:
         pytest.skip("needs root to start the sandbox as another uid (setpriv)")
     workspace = shared_dir / "run-9"
