@@ -109,6 +109,12 @@ def celery_worker_main() -> None:
     import django
 
     django.setup()
+    if os.environ.get("CLEARWAY_BENCH_NO_PRESTART") == "1":
+        # --no-prestart: the step sandbox as before executors.prestart (started after the
+        # claim committed), to compare within one session.
+        from orchestrator import executors
+
+        executors.prestart = lambda step: None
     from celery.__main__ import main as celery_main
 
     sys.argv = ["celery", *sys.argv[2:]]
@@ -419,7 +425,14 @@ def main() -> None:
     parser.add_argument("--pings", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--sandbox-starts", type=int, default=200)
+    parser.add_argument(
+        "--no-prestart",
+        action="store_true",
+        help="start each step's sandbox after its claim commits (as before executors.prestart)",
+    )
     args = parser.parse_args()
+    if args.no_prestart:
+        os.environ["CLEARWAY_BENCH_NO_PRESTART"] = "1"
 
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="clearway-bench-engine-"))
