@@ -41,6 +41,10 @@ as in production, and measures:
     left between two commands: `prestarted_release` is that part, measured from this
     process (barrier released → first output line read).
 
+(f) with --ab-runs N (default 10): 2N runs executed in this process as in (d), alternately
+    with and without executors.prestart, and the gap to the sandboxed command of each kind —
+    an A/B of the pre-started sandbox under the same load.
+
 Prints one JSON document. Not part of the test run. Results: benchmarks/ENGINE_RESULTS.md.
 """
 
@@ -377,6 +381,30 @@ def sandbox_start_cost(n: int) -> dict:
     }
 
 
+def prestart_ab(pipeline, actor, runs: int) -> dict:
+    """The gap to the sandboxed command with and without executors.prestart, interleaved
+    (run by run, so that the machine's load weighs on both alike): each run executed in this
+    process as a worker executes it (executors.execute_step with its chain, no broker)."""
+    from orchestrator import actions, executors
+
+    sent: list[tuple[int, int]] = []
+    real_dispatch, real_prestart = actions.dispatch_step, executors.prestart
+    actions.dispatch_step = lambda step_id, attempt, countdown=0: sent.append((step_id, attempt))
+    ids: dict[str, list[int]] = {"prestarted": [], "started_after_commit": []}
+    try:
+        for i in range(runs * 2):
+            mode = "prestarted" if i % 2 == 0 else "started_after_commit"
+            executors.prestart = real_prestart if mode == "prestarted" else lambda step: None
+            run = actions.trigger_run(pipeline, actor=actor, trigger="api")
+            while sent:
+                step_id, attempt = sent.pop(0)
+                executors.execute_step(step_id, attempt, chain=50)
+            ids[mode].append(run.pk)
+    finally:
+        actions.dispatch_step, executors.prestart = real_dispatch, real_prestart
+    return {mode: stats(gaps_of(run_ids)["in_sandbox"]) for mode, run_ids in ids.items()}
+
+
 def sandbox_release_cost(n: int, hold_ms: float = 20.0) -> dict:
     """What is left of the sandbox's start on the critical path when the step is pre-started
     (executors.prestart: started inside the transaction that claims it, held at its barrier
@@ -425,6 +453,7 @@ def main() -> None:
     parser.add_argument("--pings", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--sandbox-starts", type=int, default=200)
+    parser.add_argument("--ab-runs", type=int, default=10)
     parser.add_argument(
         "--no-prestart",
         action="store_true",
@@ -497,6 +526,7 @@ def main() -> None:
         stop_worker(worker)
 
     phases = breakdown(pipeline, user)
+    ab = prestart_ab(pipeline, user, args.ab_runs) if args.ab_runs else {}
     sandbox_cost = sandbox_start_cost(args.sandbox_starts)
     sandbox_cost["prestarted_release"] = sandbox_release_cost(args.sandbox_starts // 2)
 
@@ -554,6 +584,14 @@ def main() -> None:
             "sandbox start cost: median <= 15 ms": sandbox_cost["start_cost_median_ms"] <= 15,
         },
         "in_process_breakdown": phases,
+        "in_process_prestart_ab": {
+            mode: {
+                **v,
+                "median_over_bare_median": round(v["median_ms"] / unit, 2),
+                "p95_over_bare_median": round(v["p95_ms"] / unit, 2),
+            }
+            for mode, v in ab.items()
+        },
         "params": vars(args),
     }
     print(json.dumps(result, indent=2))
