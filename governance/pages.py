@@ -131,6 +131,10 @@ def _editor_context(request, form, policy: Policy | None, **extra) -> dict:
         versions = list(history.defer("source", "test_results").order_by("-number")[:5])
         _mark_draft_versions(policy, versions)
     may_edit = can_edit_policies(request.user)
+    if may_edit:
+        # The code editor (static/js/code-editor.js) mounts CodeMirror's styles as a <style>
+        # element with the request's nonce; this page's CSP accepts it (middleware).
+        request.csp_style_nonce = True
     return {
         "recent_gates": _recent_gates(request.user) if may_edit else [],
         "policy": policy,
