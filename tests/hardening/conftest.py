@@ -71,6 +71,9 @@ def window_cases() -> list[dict]:
 
     inside = copy.deepcopy(rego.demo_policies()[0]["tests"][0]["input"])
     inside["environment"]["in_change_window"] = True
+    # Policies are readable by every role: the cases must not name a pipeline that some
+    # role may not see (the matrix checks that no page shows one).
+    inside["pipeline"].update({"name": "Example app", "slug": "example-app"})
     outside = copy.deepcopy(inside)
     outside["environment"]["in_change_window"] = False
     return [
