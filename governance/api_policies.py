@@ -291,6 +291,12 @@ def _refused(exc: policies.PolicyActionError):
             f"{path}: {exc.message}",
             [{"message": exc.message, "line": None, "column": None, "path": path}],
         )
+    if isinstance(exc, policies.PolicyTestsMissing):
+        return _error(
+            str(exc),
+            [{"message": str(exc), "line": None, "column": None, "path": "test_cases"}],
+            missing=exc.missing,
+        )
     if isinstance(exc, policies.PolicyTestFailure):
         errors = [
             {
@@ -436,7 +442,8 @@ class PolicyViewSet(viewsets.GenericViewSet):
             409: inline_serializer("PolicyConflict", {"message": serializers.CharField()}),
         },
         description="Compile the draft, run its test cases and, if all pass, publish it as a "
-        "new immutable version. A failing test case refuses publishing (400, with `results`).",
+        "new immutable version. Test cases without one that denies and one that passes refuse "
+        "publishing (400, `missing`), and so does a failing test case (400, with `results`).",
     )
     @action(detail=True, methods=["post"])
     def publish(self, request, pk=None):

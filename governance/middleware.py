@@ -39,7 +39,12 @@ class RequestContextMiddleware:
 class ContentSecurityPolicyMiddleware:
     """A strict CSP: scripts only from this origin or with the per-request nonce; no inline
     event handlers, no eval; websockets only to this site (`'self'` does not cover ws: and
-    wss: in every browser, so the site's own ws(s)://host is named, and no other host)."""
+    wss: in every browser, so the site's own ws(s)://host is named, and no other host).
+
+    Styles come from this origin only. A view whose page needs a <style> element written by
+    a script (CodeMirror's style-mod in the policy editor) sets `request.csp_style_nonce =
+    True`: that response's style-src also accepts <style> elements carrying the request's
+    nonce. Style attributes stay blocked either way (a nonce never covers them)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -51,12 +56,18 @@ class ContentSecurityPolicyMiddleware:
             response["Content-Security-Policy"] = (
                 "default-src 'self'; "
                 f"script-src 'self' 'nonce-{request.csp_nonce}'; "
-                "style-src 'self'; "
+                f"style-src {_style_sources(request)}; "
                 "img-src 'self' data:; "
                 f"connect-src 'self' {_websocket_origin(request)}; "
                 "frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
             )
         return response
+
+
+def _style_sources(request) -> str:
+    if getattr(request, "csp_style_nonce", False):
+        return f"'self' 'nonce-{request.csp_nonce}'"
+    return "'self'"
 
 
 def _websocket_origin(request) -> str:

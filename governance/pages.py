@@ -30,7 +30,7 @@ from django.http import Http404, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
 
 from . import audit, checkpoints, notifications, policies, rego
@@ -47,6 +47,7 @@ from .models import (
     ApprovalRule,
     AuditEvent,
     Environment,
+    Gate,
     NotificationDelivery,
     NotificationPreference,
     Policy,
@@ -60,6 +61,7 @@ AUDIT_PER_PAGE = 50
 DETAILS_SHORT = 40  # characters of compact JSON shown before the row is expanded
 EDITOR = "governance/policy_form.html"
 WEEKDAY_NAMES = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+RECENT_GATES = 25  # gates offered by "start from a real gate's input"
 
 
 def _require_policy_editor(user) -> None:
@@ -101,6 +103,25 @@ def _policy_or_404(request, pk: int) -> Policy:
     return get_object_or_404(restrict(qs, request.user, "view"), pk=pk)
 
 
+def _recent_gates(user) -> list[Gate]:
+    """The latest gates `user` may view that recorded a policy input, newest first (the
+    input itself is not loaded: only the chosen gate's is)."""
+    qs = (
+        Gate.objects.exclude(input_hash="")
+        .select_related("environment", "stage_run__run__pipeline")
+        .defer("input")
+        .order_by("-created_at", "-pk")
+    )
+    return list(restrict(qs, user, "view")[:RECENT_GATES])
+
+
+def _mark_draft_versions(policy: Policy, versions) -> None:
+    """`v.is_draft`: the draft's source and enforcement are those of version v."""
+    draft = policies.source_sha256(policy.source)
+    for v in versions:
+        v.is_draft = v.sha256 == draft and v.enforcement == policy.enforcement
+
+
 def _editor_context(request, form, policy: Policy | None, **extra) -> dict:
     compile_errors = extra.pop("compile_errors", None) or []
     source = form["source"].value() or ""
@@ -108,11 +129,18 @@ def _editor_context(request, form, policy: Policy | None, **extra) -> dict:
     if policy is not None:
         history = restrict(policy.versions.select_related("author"), request.user, "view")
         versions = list(history.defer("source", "test_results").order_by("-number")[:5])
+        _mark_draft_versions(policy, versions)
+    may_edit = can_edit_policies(request.user)
+    if may_edit:
+        # The code editor (static/js/code-editor.js) mounts CodeMirror's styles as a <style>
+        # element with the request's nonce; this page's CSP accepts it (middleware).
+        request.csp_style_nonce = True
     return {
+        "recent_gates": _recent_gates(request.user) if may_edit else [],
         "policy": policy,
         "form": form,
         "creating": policy is None,
-        "may_edit": can_edit_policies(request.user),
+        "may_edit": may_edit,
         "compile_errors": compile_errors,
         "error_lines": sorted({e.line for e in compile_errors if e.line}),
         "line_numbers": range(1, source.count("\n") + 2),
@@ -235,6 +263,8 @@ def _editor_post(request, policy: Policy | None):
     if action == "dry-run":
         context = _editor_context(request, form, policy, dry_run=_dry_run(request, form, policy))
         return _render_or_partial(request, EDITOR, "dry-run", context)
+    if action == "from-gate":
+        return _case_from_gate(request, form, policy)
     if action not in ("save", "publish") or (action == "publish" and policy is None):
         return HttpResponseBadRequest("unknown action")
     extra: dict = {}
@@ -246,6 +276,8 @@ def _editor_post(request, policy: Policy | None):
         except policies.PolicyTestFailure as exc:
             extra["publish_refused"] = str(exc)
             extra["test"] = _test_report(form.cleaned_data["test_cases"], exc.results)
+        except policies.PolicyTestsMissing as exc:
+            extra["publish_refused"] = str(exc)
         except policies.PolicyInvalid as exc:
             form.add_refusal(exc)
         except policies.PolicyActionError as exc:
@@ -258,6 +290,90 @@ def _editor_post(request, policy: Policy | None):
             extra["compile_errors"] = exc.errors
     # 200 with the errors on the page, as Django forms do (the pipeline editor too).
     return render(request, EDITOR, _editor_context(request, form, policy, **extra))
+
+
+def _case_expectation(source: str, input_doc: dict, expect: str) -> dict:
+    """What a case made from a gate's input expects. "pass": nothing denied. "deny": the
+    messages the draft gives on that input when it denies (or warns, for a policy with no
+    deny rule), else one message (a case that fails until the policy catches it)."""
+    if expect == "pass":
+        return {"deny": []}
+    key = "deny" if rego.defines_deny(source) else "warn"
+    try:
+        rego.compile_policy(source)
+    except PolicyCompileError:
+        return {key: 1}
+    decision = rego.evaluate(source, input_doc)
+    messages_found = decision.deny if key == "deny" else decision.warn
+    expected = {key: sorted(messages_found) if messages_found and decision.result != "error" else 1}
+    return expected if key == "deny" else {"deny": [], **expected}
+
+
+def _case_from_gate(request, form: PolicyForm, policy: Policy | None):
+    """ "Start from a real gate's input": the chosen gate's recorded policy input becomes a
+    new test case at the end of the editor's test cases, to edit and save (nothing is saved
+    here). A gate the user may not view is a 404, as everywhere."""
+    gate_id = request.POST.get("gate", "")
+    if not gate_id.isdigit():
+        raise Http404("no such gate")
+    gates = Gate.objects.select_related("environment", "stage_run__run__pipeline")
+    gate = get_object_or_404(restrict(gates, request.user, "view"), pk=int(gate_id))
+    extra: dict = {}
+    if not gate.input:
+        extra["case_refused"] = f"Gate {gate.pk} recorded no policy input: pick another gate."
+    elif "test_cases" not in form.cleaned_data or "source" not in form.cleaned_data:
+        extra["case_refused"] = (
+            "Fix the source and the test cases first (see the errors below): the new case is "
+            "added to them."
+        )
+    if extra:
+        return render(request, EDITOR, _editor_context(request, form, policy, **extra))
+    run = gate.stage_run.run
+    expect = "pass" if request.POST.get("gate_expect") == "pass" else "deny"
+    default_name = (
+        f"{run.pipeline.slug} #{run.number} {gate.stage_run.name} "
+        f"({gate.environment.name}) {'passes' if expect == 'pass' else 'denies'}"
+    )
+    name = (request.POST.get("gate_case_name") or "").strip()[:200] or default_name
+    source = form.cleaned_data["source"]
+    case = {
+        "name": name,
+        "input": gate.input,
+        "expect": _case_expectation(source, gate.input, expect),
+    }
+    data = request.POST.copy()
+    data["test_cases"] = json.dumps(
+        [*form.cleaned_data["test_cases"], case], indent=2, ensure_ascii=False
+    )
+    refreshed = PolicyForm(data, creating=policy is None)
+    refreshed.is_valid()
+    extra["case_added"] = {"name": name, "gate": gate, "run": run, "expect": case["expect"]}
+    return render(request, EDITOR, _editor_context(request, refreshed, policy, **extra))
+
+
+@login_required
+@require_POST
+def policy_revert(request, pk: int):
+    """ "Revert to vN": the draft becomes version N's source and enforcement (audited);
+    publishing it is the normal publish, tests and all."""
+    policy = _policy_or_404(request, pk)
+    _require_policy_editor(request.user)
+    number = request.POST.get("version", "")
+    if not number.isdigit():
+        return HttpResponseBadRequest("version must be a version number, e.g. 2")
+    try:
+        policies.revert_to_version(policy, int(number), actor=request.user)
+    except policies.PolicyUnchanged as exc:
+        messages.info(request, str(exc))
+    except policies.PolicyActionError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request,
+            f"The draft is now version {number}'s source and enforcement (test cases are "
+            "unchanged). Gates keep the published version until you publish the draft.",
+        )
+    return redirect("governance:policy", pk=policy.pk)
 
 
 def _save_and_publish(request, form: PolicyForm, policy: Policy | None, *, publish: bool):
@@ -350,6 +466,8 @@ def policy_versions(request, pk: int):
     page = Paginator(history.order_by("-number").defer("source"), 50).get_page(
         request.GET.get("page")
     )
+    page.object_list = list(page.object_list)
+    _mark_draft_versions(policy, page.object_list)
     latest = policy.current_version.number if policy.current_version else None
     if latest is None:
         default_from, default_to = "0", "draft"
@@ -600,6 +718,7 @@ urlpatterns: list = [
     path("policies/new/", policy_new, name="policy-new"),
     path("policies/<int:pk>/", policy_detail, name="policy"),
     path("policies/<int:pk>/versions/", policy_versions, name="policy-versions"),
+    path("policies/<int:pk>/revert/", policy_revert, name="policy-revert"),
     path("environments/", environment_list, name="environments"),
     path("environments/<slug:name>/", environment_detail, name="environment"),
     path("audit/", audit_log, name="audit"),

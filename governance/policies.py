@@ -43,12 +43,15 @@ __all__ = [
     "PolicyCompileError",
     "PolicyInvalid",
     "PolicyTestFailure",
+    "PolicyTestsMissing",
     "PolicyUnchanged",
     "create_policy",
     "disable_policy",
     "dry_run",
     "in_scope",
+    "missing_test_kinds",
     "publish_policy",
+    "revert_to_version",
     "save_draft",
     "source_sha256",
     "validate_test_cases",
@@ -88,6 +91,30 @@ class PolicyTestFailure(PolicyActionError):
         super().__init__(
             f"{len(self.failed)} of {len(self.results)} test case(s) failed, "
             f"so the policy was not published: {listing}"
+        )
+
+
+class PolicyTestsMissing(PolicyActionError):
+    """Publishing was refused because the test cases do not include a case that denies and
+    a case that passes. `missing` lists what is missing: "deny" (or "warn", for a policy
+    that only warns) and/or "pass"."""
+
+    def __init__(self, name: str, missing: list[str]):
+        self.missing = list(missing)
+        wanted = {
+            "deny": "case that denies (expect.deny: the messages, or a count above 0, "
+            'e.g. "expect": {"deny": 1})',
+            "warn": "case that warns (this policy defines no deny rule, so a case with "
+            'expect.warn: the messages or a count above 0, e.g. "expect": {"warn": 1})',
+            "pass": "case that passes (expect.deny: [] or 0, no expected warning or error, "
+            'e.g. "expect": {"deny": []})',
+        }
+        listing = " and no ".join(wanted[m] for m in self.missing)
+        super().__init__(
+            f"{name} was not published: it needs at least one test case that denies and one "
+            f"that passes, and it has no {listing}. Add the missing case under Test cases "
+            '("Start from a real gate\'s input" fills one in from a past gate), then '
+            "publish again."
         )
 
 
@@ -196,6 +223,55 @@ def validate_test_cases(cases) -> list[dict]:
                 )
         result.append(dict(case))
     return result
+
+
+def _expects_messages(expect: dict, key: str) -> bool:
+    value = expect.get(key)
+    if isinstance(value, bool):
+        return False
+    return (isinstance(value, int) and value > 0) or (isinstance(value, list) and bool(value))
+
+
+def _expects_nothing(expect: dict, key: str) -> bool:
+    value = expect.get(key)
+    return value == [] or (isinstance(value, int) and not isinstance(value, bool) and value == 0)
+
+
+def missing_test_kinds(source: str, cases: list[dict]) -> list[str]:
+    """What publishing still needs (docs/policy-authoring.md, "Testing a policy"): "deny"
+    when no case expects a deny ("warn" instead when the policy has no deny rule and no case
+    expects a warning), "pass" when no case expects nothing denied, nothing warned, no error.
+    An empty list: the test cases have both kinds."""
+    flag = "deny" if rego.defines_deny(source) else "warn"
+    flags = passes = False
+    for case in cases:
+        expect = case.get("expect") or {}
+        if expect.get("error"):
+            continue
+        flags = flags or _expects_messages(expect, flag)
+        passes = passes or (
+            _expects_nothing(expect, "deny") and not _expects_messages(expect, "warn")
+        )
+    return [kind for kind, present in ((flag, flags), ("pass", passes)) if not present]
+
+
+def _require_deny_and_pass_cases(snapshot: Policy, *, actor, now: datetime) -> None:
+    """Refuse (audited) to publish a policy whose test cases lack a denying or a passing case."""
+    missing = missing_test_kinds(snapshot.source, snapshot.test_cases)
+    if not missing:
+        return
+    with transaction.atomic():
+        audit.record(
+            actor,
+            "policy.publish",
+            snapshot,
+            outcome=Outcome.FAILURE,
+            at=now,
+            reason="test cases missing",
+            missing=missing,
+            tests={"total": len(snapshot.test_cases)},
+        )
+    raise PolicyTestsMissing(snapshot.name, missing)
 
 
 def in_scope(environment: Environment) -> QuerySet:
@@ -368,8 +444,9 @@ def disable_policy(policy: Policy, *, actor, now: datetime | None = None) -> Pol
 def publish_policy(policy: Policy, *, actor, now: datetime | None = None) -> PolicyVersion:
     """Freeze the draft into a new immutable PolicyVersion and make it current.
 
-    The draft is compiled and its test cases run first; any failing case raises
-    PolicyTestFailure (and the refusal is audited) and nothing is published."""
+    The test cases must include one that denies and one that passes (else
+    PolicyTestsMissing); the draft is compiled and its test cases run first; any failing case
+    raises PolicyTestFailure. Both refusals are audited, and nothing is published."""
     snapshot = Policy.objects.select_related("current_version").get(pk=policy.pk)
     source, enforcement, cases = snapshot.source, snapshot.enforcement, snapshot.test_cases
     previous = snapshot.current_version
@@ -378,11 +455,12 @@ def publish_policy(policy: Policy, *, actor, now: datetime | None = None) -> Pol
             f"nothing to publish: the draft of {snapshot.name} is the same as "
             f"version {previous.number}"
         )
+    now = now or timezone.now()
+    _require_deny_and_pass_cases(snapshot, actor=actor, now=now)
     rego.compile_policy(source)
-    suite = rego.run_test_suite(source, cases) if cases else {"results": [], "coverage": None}
+    suite = rego.run_test_suite(source, cases)
     results = suite["results"]
     failed = [r for r in results if not r["passed"]]
-    now = now or timezone.now()
     if failed:
         with transaction.atomic():
             audit.record(
@@ -437,6 +515,61 @@ def publish_policy(policy: Policy, *, actor, now: datetime | None = None) -> Pol
         )
     policy.refresh_from_db()
     return version
+
+
+def revert_to_version(policy: Policy, number: int, *, actor, now: datetime | None = None) -> Policy:
+    """Make the draft equal to published version `number`: its source and its enforcement
+    (test cases are not versioned and stay as they are). Publishing the reverted draft is
+    the normal publish_policy, tests and all. Audited as "policy.revert"; a refusal (no such
+    version, or the draft already equals it) is audited too and raises PolicyActionError."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = Policy.objects.select_for_update().get(pk=policy.pk)
+        version = locked.versions.filter(number=number).first()
+        refusal = None
+        if version is None:
+            refusal = PolicyInvalid(
+                "version",
+                f"{locked.name} has no version {number}; pick one from its version history",
+            )
+        elif (locked.source, locked.enforcement) == (version.source, version.enforcement):
+            refusal = PolicyUnchanged(
+                f"nothing to revert: the draft of {locked.name} is already the same as "
+                f"version {number}"
+            )
+        if refusal is not None:
+            audit.record(
+                actor,
+                "policy.revert",
+                locked,
+                outcome=Outcome.FAILURE,
+                at=now,
+                version=number,
+                reason=str(refusal),
+            )
+    if refusal is not None:
+        raise refusal
+    with transaction.atomic():
+        locked = Policy.objects.select_for_update().get(pk=policy.pk)
+        before_source, before_enforcement = locked.source, locked.enforcement
+        locked.source = version.source
+        locked.enforcement = version.enforcement
+        locked.updated_at = now
+        locked.updated_by = actor if getattr(actor, "pk", None) else None
+        locked.save(update_fields=["source", "enforcement", "updated_at", "updated_by"])
+        audit.record(
+            actor,
+            "policy.revert",
+            locked,
+            at=now,
+            version=version.number,
+            sha256=version.sha256,
+            enforcement={"from": before_enforcement, "to": version.enforcement},
+            diff=_diff_summary(before_source, version.source),
+            current_version=locked.current_version.number if locked.current_version else None,
+        )
+    policy.refresh_from_db()
+    return policy
 
 
 def _plural(n: int, word: str) -> str:

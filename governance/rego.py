@@ -1125,6 +1125,15 @@ def run_test_suite(source: str, cases: list[dict], *, timeout: float = DEFAULT_T
     return {"results": report, "coverage": coverage}
 
 
+_DENY_HEAD_RE = re.compile(r"^[ \t]*(?:deny|violation)(?:_[A-Za-z0-9_]+)?[ \t]+contains\b", re.M)
+
+
+def defines_deny(source: str) -> bool:
+    """Whether the policy has a deny-like rule (`deny`/`violation`[_x] contains ...), comments
+    ignored. A policy that only warns (`warn contains ...`) never denies."""
+    return bool(_DENY_HEAD_RE.search(_worker._strip_comments(source)))
+
+
 def demo_policies() -> list[dict]:
     """The shipped demo policies: ``[{"name", "title", "enforcement", "description", "source",
     "tests"}]``, read from governance/demo_policies (header comments give the metadata)."""

@@ -327,13 +327,14 @@ def test_publish_with_a_failing_test_is_blocked(editor, policy):
     cases = [
         case("2.0.1 is refused", "2.0.1", ["version 2.0.1 is withdrawn"]),
         case("2.0.2 is refused too", "2.0.2", ["version 2.0.2 is withdrawn"]),
+        case("1.0.0 passes", "1.0.0", []),
     ]
     response = editor.post(
         f"/policies/{policy.pk}/", form(SOURCE_V2, action="publish", cases=cases)
     )
     assert response.status_code == 200
     page = response.content.decode()
-    assert 'id="publish-refused"' in page and "1 of 2 test case(s) failed" in page
+    assert 'id="publish-refused"' in page and "1 of 3 test case(s) failed" in page
     failed = re.findall(r'<tr class="test-failed.*?</tr>', page, re.S)
     assert len(failed) == 1 and "2.0.2 is refused too" in failed[0]
     policy.refresh_from_db()

@@ -319,7 +319,5 @@ def test_publishing_an_unchanged_draft_is_refused(admin_user):
     assert last_event().details["diff"] == {"added": 0, "removed": 0}
 
 
-def test_a_policy_without_test_cases_can_be_published(admin_user):
-    version = policies.publish_policy(make(admin_user), actor=admin_user)
-    assert version.test_results == []
-    assert last_event().details["tests"] == {"passed": 0, "total": 0}
+# A policy without a denying and a passing case is not published:
+# tests/governance/test_policy_publish_requires_cases.py.

@@ -30,6 +30,18 @@ deny contains msg if {
 }
 """
 
+
+def _case(name: str, branch: str, deny: list[str]) -> dict:
+    from governance import rego
+
+    doc = json.loads(json.dumps(rego.demo_policies()[0]["tests"][0]["input"]))
+    doc["run"]["parameters"]["branch"] = branch
+    return {"name": name, "input": doc, "expect": {"deny": deny}}
+
+
+# Publishing needs a case that denies and one that passes.
+CASES = [_case("feature denies", "feature", ["not main"]), _case("main passes", "main", [])]
+
 INLINE = {
     "versions-TOTAL_FORMS": "0",
     "versions-INITIAL_FORMS": "0",
@@ -105,11 +117,15 @@ def test_adding_creates_the_policy_through_the_verb(client, policy_admin, prod):
 
 def test_changing_saves_a_draft_and_keeps_the_published_version(client, policy_admin, prod):
     policy = policies.create_policy(
-        actor=policy_admin, name="branch", source=SOURCE, enforcement="hard-mandatory"
+        actor=policy_admin,
+        name="branch",
+        source=SOURCE,
+        enforcement="hard-mandatory",
+        test_cases=CASES,
     )
     v1 = policies.publish_policy(policy, actor=policy_admin)
     new_source = SOURCE.replace('"not main"', '"only main"')
-    data = form_data(prod, source=new_source, enforcement="advisory")
+    data = form_data(prod, source=new_source, enforcement="advisory", test_cases=json.dumps(CASES))
     data.pop("name")
     data.update({"versions-TOTAL_FORMS": "1", "versions-INITIAL_FORMS": "1"})
     response = client.post(f"/admin/governance/policy/{policy.pk}/change/", data)
@@ -146,7 +162,7 @@ def test_policies_cannot_be_deleted_in_the_admin(client, prod):
 
 def test_the_publish_action_runs_the_verb(client, policy_admin, prod):
     policy = policies.create_policy(
-        actor=policy_admin, name="branch", source=SOURCE, enforcement="advisory"
+        actor=policy_admin, name="branch", source=SOURCE, enforcement="advisory", test_cases=CASES
     )
     response = client.post(
         "/admin/governance/policy/",
@@ -159,7 +175,7 @@ def test_the_publish_action_runs_the_verb(client, policy_admin, prod):
 
 def test_the_change_page_shows_the_versions(client, policy_admin, prod):
     policy = policies.create_policy(
-        actor=policy_admin, name="branch", source=SOURCE, enforcement="advisory"
+        actor=policy_admin, name="branch", source=SOURCE, enforcement="advisory", test_cases=CASES
     )
     policies.publish_policy(policy, actor=policy_admin)
     root = get_user_model().objects.create_superuser("root")

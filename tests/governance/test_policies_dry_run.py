@@ -45,6 +45,12 @@ deny contains "hotfix" if startswith(input.run.parameters.branch, "hotfix")
 """
 
 
+def branch_input(branch: str) -> dict:
+    doc = copy.deepcopy(BASE_INPUT)
+    doc["run"]["parameters"]["branch"] = branch
+    return doc
+
+
 def pipeline_row(slug: str, team: str = "payments") -> Pipeline:
     group, _ = Group.objects.get_or_create(name=f"team-{team}")
     team_obj, _ = Team.objects.get_or_create(slug=team, defaults={"name": team, "group": group})
@@ -110,6 +116,10 @@ def world(environments, policy_admin):
         source=NO_HOTFIX,
         enforcement="hard-mandatory",
         environments=["production"],
+        test_cases=[  # publishing needs a case that denies and one that passes
+            {"name": "hotfix denies", "input": branch_input("hotfix-1"), "expect": {"deny": 1}},
+            {"name": "main passes", "input": branch_input("main"), "expect": {"deny": []}},
+        ],
     )
     v1 = policies.publish_policy(policy, actor=user)
     # What v1 decided at the time, for two of the gates.

@@ -45,6 +45,21 @@ stages:
         run: echo rolling out
 """
 
+
+def freeze_cases() -> list[dict]:
+    """Publishing needs a case that denies and one that passes."""
+    from governance import rego
+
+    prod = json.loads(json.dumps(rego.demo_policies()[0]["tests"][0]["input"]))
+    prod["environment"]["tier"] = "production"
+    staging = json.loads(json.dumps(prod))
+    staging["environment"]["tier"] = "staging"
+    return [
+        {"name": "production denies", "input": prod, "expect": {"deny": 1}},
+        {"name": "staging passes", "input": staging, "expect": {"deny": []}},
+    ]
+
+
 DENY_ALL = """package clearway.change_freeze
 
 import rego.v1
@@ -105,6 +120,7 @@ def history(people, settings, tmp_path):
         source=DENY_ALL,
         enforcement="soft-mandatory",
         tiers=["production"],
+        test_cases=freeze_cases(),
     )
     policies.publish_policy(policy, actor=p["policy-admin"])
     run3 = run_actions.trigger_run(pipeline, actor=p["developer"], parameters={"version": "1.2.0"})

@@ -23,6 +23,7 @@ Roles (usernames as in the demo where there is one):
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -56,10 +57,30 @@ SOFT_DENY = """package clearway.window
 
 deny contains "outside the change windows" if { true }
 """
+# The unpublished draft denies outside the change windows only, so that it can have the
+# denying and the passing test case that publishing needs (WINDOW_CASES).
 SOFT_DENY_DRAFT = """package clearway.window
 
-deny contains "outside the change windows (draft)" if { true }
+deny contains "outside the change windows (draft)" if { not input.environment.in_change_window }
 """
+
+
+def window_cases() -> list[dict]:
+    """A case that SOFT_DENY_DRAFT denies (outside the windows) and one it passes."""
+    from governance import rego
+
+    inside = copy.deepcopy(rego.demo_policies()[0]["tests"][0]["input"])
+    inside["environment"]["in_change_window"] = True
+    # Policies are readable by every role: the cases must not name a pipeline that some
+    # role may not see (the matrix checks that no page shows one).
+    inside["pipeline"].update({"name": "Example app", "slug": "example-app"})
+    outside = copy.deepcopy(inside)
+    outside["environment"]["in_change_window"] = False
+    return [
+        {"name": "outside the windows denies", "input": outside, "expect": {"deny": 1}},
+        {"name": "inside the windows passes", "input": inside, "expect": {"deny": []}},
+    ]
+
 
 PEOPLE = {
     # role: (username, groups, extra fields)
@@ -249,7 +270,8 @@ def build_world(*, gates: bool = True) -> World:
     )
     # An unpublished draft, so that publishing is a real change.
     world.policy.source = SOFT_DENY_DRAFT
-    world.policy.save(update_fields=["source"])
+    world.policy.test_cases = window_cases()
+    world.policy.save(update_fields=["source", "test_cases"])
     world.step = StepRun.objects.get(stage__run=world.run, name="compile")
     world.decision = PolicyDecision.objects.filter(gate=world.gate).order_by("pk").first()
     assert world.decision is not None, "the soft policy was not evaluated at the gate"

@@ -37,7 +37,16 @@ from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from .conftest import ANON, PIPELINE_YAML, ROLES, SOFT_DENY, World, build_world
+from .conftest import (
+    ANON,
+    PIPELINE_YAML,
+    ROLES,
+    SOFT_DENY,
+    SOFT_DENY_DRAFT,
+    World,
+    build_world,
+    window_cases,
+)
 
 LOGIN = "login"  # a redirect to the login page
 
@@ -426,11 +435,24 @@ ROUTES: dict[str, Route] = {
         (
             Check(),
             Check("post", data=_policy_form("save"), allowed=EDITORS, ok=302),
-            Check("post", data=_policy_form("publish"), allowed=EDITORS, ok=302),
+            Check(
+                "post",
+                # publishing needs a denying and a passing case
+                data=lambda w: _policy_form(
+                    "publish",
+                    source=SOFT_DENY_DRAFT.replace("windows", "windows!"),
+                    test_cases=json.dumps(window_cases()),
+                ),
+                allowed=EDITORS,
+                ok=302,
+            ),
             Check("post", data=_policy_form("test"), htmx=True, allowed=EDITORS),
         ),
     ),
     "governance:policy-versions": Route(policy_pk, (Check(),)),
+    "governance:policy-revert": Route(
+        policy_pk, (Check("post", data={"version": "1"}, allowed=EDITORS, ok=302),)
+    ),
     "governance:environments": Route(checks=(Check(),)),
     "governance:environment-secrets": Route(
         lambda w: {"name": "production"},
