@@ -872,6 +872,11 @@ def main(opts) -> dict:
     from django.db import connections
 
     data = data_summary()
+    # The overview reads the metric rollups: a full pass (as the first pass and the daily
+    # rebuild do), then an incremental one (as beat does every minute), both timed.
+    from orchestrator import rollups
+
+    rollup_passes = {"full": rollups.refresh(full=True), "incremental": rollups.refresh()}
     run_id = pick_run()
     long_runs = {n: long_log_run(n) for n in LONG_LOGS}
     session = session_for(DEVELOPER)
@@ -920,6 +925,7 @@ def main(opts) -> dict:
         "what_if": {"postgres_jit_off": opts.jit_off},
         "data": data,
         "seeded_now": seeded,
+        "rollup_passes": rollup_passes,
         "user": DEVELOPER,
         "run_id": run_id,
         "pages": pages,
@@ -974,6 +980,13 @@ def write_results(r: dict) -> None:
             f"Slowest queries, {name}: "
             + "; ".join(f"{q['ms']} ms `{q['sql'][:140]}…`" for q in prof["slowest"][:3])
             + ".\n"
+        )
+    rp = r.get("rollup_passes") or {}
+    if rp:
+        lines.append(
+            f"Metric rollups (orchestrator/rollups.py): full pass {rp['full']['seconds']} s "
+            f"({rp['full']['days']} days), incremental pass {rp['incremental']['seconds']} s "
+            f"({rp['incremental']['days']} days).\n"
         )
     lines.append(f"Server log tracebacks: {r['server_errors']}.\n")
     harness.append_results(RESULTS, "Pages (benchmarks/pages.py)", "\n".join(lines))

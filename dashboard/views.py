@@ -247,7 +247,7 @@ def overview(request):
     if part != "metrics":
         context.update(overview_state(request.user))
     if part != "live":
-        context["metrics"] = metrics.compute(request.user, days)
+        context["metrics"] = metrics.overview(request.user, days)
     template = "dashboard/overview.html"
     if part in ("live", "metrics"):
         template += f"#{part}"
@@ -257,12 +257,12 @@ def overview(request):
 @login_required
 def board(request):
     if request.htmx and request.GET.get("partial") == "board-metrics":  # every 60 s
-        context = {"metrics": metrics.compute(request.user, BOARD_METRICS_DAYS)}
+        context = {"metrics": metrics.overview(request.user, BOARD_METRICS_DAYS)}
         return render(request, "dashboard/board.html#board-metrics", context)
     template = _partial(request, "dashboard/board.html", "board-live")
     context = overview_state(request.user)
     if template == "dashboard/board.html":  # the whole page: the DORA and governance tiles too
-        context["metrics"] = metrics.compute(request.user, BOARD_METRICS_DAYS)
+        context["metrics"] = metrics.overview(request.user, BOARD_METRICS_DAYS)
     return render(request, template, context)
 
 
