@@ -195,8 +195,8 @@ def overview(user, days: int = DEFAULT_PERIOD, *, now: datetime | None = None) -
     On a fresh install (no pass yet) the first request runs the first pass itself."""
     now = now or timezone.now()
     state = rollups.state()
-    if state is None:
-        rollups.refresh(now=now)
+    if state is None or state.computed_at is None:
+        rollups.refresh(now=now)  # waits for a first pass running elsewhere, if any
         state = rollups.state()
     first = now.astimezone(UTC).date() - timedelta(days=days)
     since = datetime.combine(first, dtime.min, tzinfo=UTC)

@@ -291,8 +291,9 @@ def refresh(*, now: datetime | None = None, full: bool = False) -> dict:
     now = now or timezone.now()
     today = now.astimezone(UTC).date()
     first = today - timedelta(days=HORIZON_DAYS - 1)
+    RollupState.objects.get_or_create(name=STATE)  # (get_or_create settles a racing create)
     with transaction.atomic():
-        state, _ = RollupState.objects.select_for_update().get_or_create(name=STATE)
+        state = RollupState.objects.select_for_update().get(name=STATE)
         # The audit head before reading: changes committed after it are the next pass's.
         head = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
         rebuild = full or state.rebuilt_at is None or now - state.rebuilt_at >= FULL_EVERY
@@ -314,4 +315,5 @@ def refresh(*, now: datetime | None = None, full: bool = False) -> dict:
 
 
 def state() -> RollupState | None:
+    """The last pass's bookkeeping; None (or no `computed_at`) before the first pass."""
     return RollupState.objects.filter(name=STATE).first()

@@ -280,3 +280,17 @@ def test_the_median_of_buckets_is_within_its_bound():
         rollups.add(hist, v)
     assert rollups.median(hist) == timedelta(minutes=30)
     assert rollups.median({}) is None
+
+
+def test_the_command_makes_a_pass(history, now):  # noqa: F811
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("rollup_metrics", stdout=out)
+    assert out.getvalue().startswith("full pass: 91 day(s)")
+    call_command("rollup_metrics", stdout=out)
+    assert "incremental pass" in out.getvalue()
+    call_command("rollup_metrics", "--full", stdout=out)
+    assert out.getvalue().count("full pass") == 2
