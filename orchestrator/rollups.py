@@ -187,6 +187,7 @@ def compute_day(day: date) -> tuple[list, list, list]:
     deploys = with_restore(
         production_deploys().filter(finished_at__gte=start, finished_at__lt=end)
     ).values_list("run__pipeline_id", "status", "finished_at", "run__created_at", "restored_at")
+    deploys = deploys.order_by()  # no sort (the models' default ordering joins and sorts)
     for pipeline_id, status, finished, created, restored in deploys:
         r = rollup(pipeline_id)
         if status == StageStatus.SUCCEEDED:
@@ -202,7 +203,7 @@ def compute_day(day: date) -> tuple[list, list, list]:
                     (restored - finished).total_seconds(),
                 )
 
-    gates = Gate.objects.filter(created_at__gte=start, created_at__lt=end)
+    gates = Gate.objects.filter(created_at__gte=start, created_at__lt=end).order_by()
     for pipeline_id, status, created, decided in gates.values_list(
         "stage_run__run__pipeline_id", "status", "created_at", "decided_at"
     ):
