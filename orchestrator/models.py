@@ -257,6 +257,8 @@ class Run(models.Model):
         indexes = [
             models.Index(fields=["pipeline", "-created_at"]),
             models.Index(fields=["status", "-created_at"]),
+            # the overview's recent failures (finished in the last 7 days), whatever the history
+            models.Index(fields=["status", "-finished_at"], name="run_status_finished"),
         ]
 
     def __str__(self) -> str:
