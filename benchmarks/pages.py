@@ -5,7 +5,8 @@ Also two run pages whose one step logged 3,000 and 100,000 lines (`run_log_3000`
 
     .venv/bin/python benchmarks/pages.py [--runs 10000] [--days 60] [--requests 100]
         [--warmup 10] [--database-url postgres://postgres@127.0.0.1:5432/clearway_bench_pages]
-        [--redis-url redis://127.0.0.1:6379/10] [--reseed] [--jit-off] [--no-write]
+        [--redis-url redis://127.0.0.1:6379/10] [--reseed] [--reuse] [--orm-runs 10000]
+        [--jit-off] [--no-write]
 
 Needs PostgreSQL and Redis on 127.0.0.1. The database is created if missing and migrated,
 then seeded once (kept for the next run; --reseed drops and re-creates it): users, teams,
@@ -15,7 +16,10 @@ then --runs runs over the last --days days bulk-created with their stage runs, s
 gates (every production stage that reached its gate), approvals, policy decisions and, for
 the last three days, log chunks — realistic statuses (mostly succeeded; failed with the
 downstream skipped, canceled, blocked at the gate; a few running, queued and waiting now) and
-timestamps. ANALYZE runs after the seed, as autovacuum would.
+timestamps. ANALYZE runs after the seed, as autovacuum would. Beyond --orm-runs (10,000)
+the history is grown in SQL (`multiply`: the finished runs copied with all their rows by
+INSERT ... SELECT over generate_series), so 1,000,000 runs take minutes. --reuse takes the
+database as it is (a seeded 1M database is kept between runs).
 
 A real `uvicorn orchestrator.asgi:application` (one process, DEBUG off, SECRET_KEY set,
 collectstatic first, SECURE_SSL_REDIRECT/SESSION_COOKIE_SECURE off for plain HTTP on
@@ -523,6 +527,102 @@ def seed(n_runs: int, days: int, rng: random.Random) -> dict:  # noqa: C901, PLR
     }
 
 
+def multiply(target: int) -> dict:  # noqa: C901
+    """Grow the history to about `target` runs in SQL: the finished runs seeded so far are
+    copied, with their stage runs, step runs, gates, approvals and policy decisions, by one
+    `INSERT ... SELECT ... CROSS JOIN generate_series(1, k)` per table (ids, run numbers and
+    foreign keys shifted by a multiple of the table's largest id; every timestamp moved k x 7 s
+    earlier, so each copy stays inside the period). Log chunks are not copied. Minutes for
+    1,000,000 runs, where the ORM seed would take hours."""
+    from django.db import connection, models, transaction
+
+    from governance.models import Approval, Gate, PolicyDecision
+    from orchestrator.models import Pipeline, Run, RunStatus, StageRun, StepRun
+
+    t0 = time.time()
+    terminal = [RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.BLOCKED]
+    base = Run.objects.filter(status__in=terminal)
+    n_base, have = base.count(), Run.objects.count()
+    copies = max(0, math.ceil((target - have) / n_base)) if n_base else 0
+    if not copies:
+        return {"copies": 0}
+    counts = {}
+    with transaction.atomic(), connection.cursor() as cursor:
+
+        def top(model, column="id"):
+            cursor.execute(f"SELECT COALESCE(MAX({column}), 0) FROM {model._meta.db_table}")
+            return cursor.fetchone()[0]
+
+        tops = {m: top(m) for m in (Run, StageRun, StepRun, Gate, Approval, PolicyDecision)}
+        numbers = top(Run, "number")
+        cursor.execute(
+            "CREATE TEMP TABLE bench_base_runs ON COMMIT DROP AS SELECT id FROM "
+            f"{Run._meta.db_table} WHERE status = ANY(%s)",
+            [terminal],
+        )
+        # (model, foreign key column -> parent model, the rows of the base to copy)
+        st, sr = StageRun._meta.db_table, StepRun._meta.db_table
+        gt = Gate._meta.db_table
+        plan = [
+            (Run, {}, "t.id IN (SELECT id FROM bench_base_runs)"),
+            (StageRun, {"run_id": Run}, "t.run_id IN (SELECT id FROM bench_base_runs)"),
+            (
+                StepRun,
+                {"stage_id": StageRun},
+                f"t.stage_id IN (SELECT id FROM {st} WHERE id <= {tops[StageRun]} AND run_id IN "
+                "(SELECT id FROM bench_base_runs))",
+            ),
+            (
+                Gate,
+                {"stage_run_id": StageRun},
+                f"t.stage_run_id IN (SELECT id FROM {st} WHERE id <= {tops[StageRun]} AND run_id "
+                "IN (SELECT id FROM bench_base_runs))",
+            ),
+        ]
+        gates_of_base = (
+            f"t.gate_id IN (SELECT id FROM {gt} WHERE id <= {tops[Gate]} AND stage_run_id IN "
+            f"(SELECT id FROM {st} WHERE id <= {tops[StageRun]} AND run_id IN "
+            "(SELECT id FROM bench_base_runs)))"
+        )
+        plan += [(Approval, {"gate_id": Gate}, gates_of_base)]
+        plan += [(PolicyDecision, {"gate_id": Gate}, gates_of_base)]
+        del sr
+        for model, parents, where in plan:
+            cols, exprs = [], []
+            for f in model._meta.concrete_fields:
+                col = f.column
+                cols.append(col)
+                if f.primary_key:
+                    exprs.append(f"t.{col} + g * {tops[model]}")
+                elif col in parents:
+                    exprs.append(f"t.{col} + g * {tops[parents[col]]}")
+                elif model is Run and col == "number":
+                    exprs.append(f"t.{col} + g * {numbers}")
+                elif model is Run and col == "retry_of_id":
+                    exprs.append("NULL")
+                elif isinstance(f, models.DateTimeField):
+                    exprs.append(f"t.{col} - g * interval '7 seconds'")
+                else:
+                    exprs.append(f"t.{col}")
+            table = model._meta.db_table
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(exprs)} "
+                f"FROM {table} t CROSS JOIN generate_series(1, {copies}) AS g "
+                f"WHERE t.id <= {tops[model]} AND {where}"
+            )
+            counts[table] = cursor.rowcount
+            cursor.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT MAX(id) FROM {table}))"
+            )
+        for p in Pipeline.objects.all():
+            last = Run.objects.filter(pipeline=p).aggregate(n=models.Max("number"))["n"] or 0
+            Pipeline.objects.filter(pk=p.pk).update(next_run_number=last + 1)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    return {"copies": copies, "rows": counts, "seconds": round(time.time() - t0, 1)}
+
+
 def _steps(st, stage, status, started, finished, rng) -> list:
     from orchestrator.models import StepRun, StepStatus
 
@@ -760,11 +860,27 @@ def main(opts) -> dict:
     from orchestrator.models import Run
 
     seeded = None
-    if Run.objects.count() < opts.runs:
-        seeded = seed(opts.runs - Run.objects.count(), opts.days, random.Random(20261128))
+    have = Run.objects.count()
+    if opts.reuse and have:
+        seeded = {"reused": have}
+    elif have < opts.runs:
+        base = min(opts.runs, opts.orm_runs)
+        if have < base:
+            seeded = seed(base - have, opts.days, random.Random(20261128))
+        if opts.runs > base:
+            seeded = {"orm": seeded, "sql": multiply(opts.runs)}
     from django.db import connections
 
     data = data_summary()
+    # The overview reads the metric rollups: a pass as beat makes it (the whole horizon on a
+    # new database and once a day, --rollup-full to force it), then an incremental one (as
+    # beat does every minute), both timed.
+    from orchestrator import rollups
+
+    rollup_passes = {
+        "first": rollups.refresh(full=opts.rollup_full),
+        "incremental": rollups.refresh(),
+    }
     run_id = pick_run()
     long_runs = {n: long_log_run(n) for n in LONG_LOGS}
     session = session_for(DEVELOPER)
@@ -813,6 +929,7 @@ def main(opts) -> dict:
         "what_if": {"postgres_jit_off": opts.jit_off},
         "data": data,
         "seeded_now": seeded,
+        "rollup_passes": rollup_passes,
         "user": DEVELOPER,
         "run_id": run_id,
         "pages": pages,
@@ -868,6 +985,14 @@ def write_results(r: dict) -> None:
             + "; ".join(f"{q['ms']} ms `{q['sql'][:140]}…`" for q in prof["slowest"][:3])
             + ".\n"
         )
+    rp = r.get("rollup_passes") or {}
+    if rp:
+        lines.append(
+            f"Metric rollups (orchestrator/rollups.py): first pass {rp['first']['seconds']} s "
+            f"({rp['first']['days']} days{', full' if rp['first']['rebuild'] else ''}), "
+            f"incremental pass {rp['incremental']['seconds']} s "
+            f"({rp['incremental']['days']} days).\n"
+        )
     lines.append(f"Server log tracebacks: {r['server_errors']}.\n")
     harness.append_results(RESULTS, "Pages (benchmarks/pages.py)", "\n".join(lines))
 
@@ -881,6 +1006,18 @@ def parse(argv=None):
     p.add_argument("--database-url", default=os.environ.get("BENCH_PAGES_DATABASE_URL", DEFAULT_DB))
     p.add_argument("--redis-url", default=os.environ.get("BENCH_PAGES_REDIS_URL", DEFAULT_REDIS))
     p.add_argument("--reseed", action="store_true", help="drop and re-create the database")
+    p.add_argument(
+        "--orm-runs",
+        type=int,
+        default=10_000,
+        help="runs seeded through the ORM; beyond them the history is copied in SQL",
+    )
+    p.add_argument(
+        "--reuse", action="store_true", help="use the database as it is, whatever its runs"
+    )
+    p.add_argument(
+        "--rollup-full", action="store_true", help="make the first rollup pass a full one"
+    )
     p.add_argument(
         "--jit-off", action="store_true", help="what-if: run the server with PGOPTIONS='-c jit=off'"
     )

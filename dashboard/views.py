@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Subquery, Window
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, Subquery, Window
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -164,16 +164,31 @@ def _decision_flags(run_ref: str) -> dict:
 
 
 def _environment_status(user, rows) -> tuple[list, dict]:
-    """Per pipeline and environment, the newest stage run that got somewhere (not pending,
-    not skipped): one query. Returns the environment columns and {pipeline id: {env: stage}}."""
-    latest = (
-        StageRun.objects.filter(run__pipeline__in=pipelines(user), environment__isnull=False)
-        .exclude(status__in=[StageStatus.PENDING, StageStatus.SKIPPED])
-        .values("run__pipeline", "environment")
-        .annotate(last=Max("pk"))
-        .values("last")
+    """Per pipeline and environment its current version deploys to, the newest stage run
+    that got somewhere (not pending, not skipped): one query of one `pk = (SELECT … LIMIT 1)`
+    per pair, each walking the pipeline's runs newest first (the runs index) and stopping at
+    the first hit — bounded by the pairs, not by the history (a GROUP BY over every stage run
+    made the overview grow with it). Returns the environment columns and {pipeline id: {env:
+    stage}}."""
+    del user  # `rows` are the pipelines the user may view
+    skip = [StageStatus.PENDING, StageStatus.SKIPPED]
+    match = Q()
+    for row in rows:
+        spec = row.current_version.spec if row.current_version else {}
+        names = {st.get("environment") for st in spec.get("stages", []) if st.get("environment")}
+        for name in sorted(names):
+            newest = (
+                StageRun.objects.filter(run__pipeline=row.pk, environment__name=name)
+                .exclude(status__in=skip)
+                .order_by("-run__created_at", "-run_id")
+                .values("pk")[:1]
+            )
+            match |= Q(pk=Subquery(newest))
+    stages = (
+        StageRun.objects.filter(match).select_related("environment", "run")
+        if match
+        else StageRun.objects.none()
     )
-    stages = StageRun.objects.filter(pk__in=Subquery(latest)).select_related("environment", "run")
     by_pipeline: dict[int, dict[str, StageRun]] = {}
     envs = {}
     for stage in stages:
@@ -247,7 +262,7 @@ def overview(request):
     if part != "metrics":
         context.update(overview_state(request.user))
     if part != "live":
-        context["metrics"] = metrics.compute(request.user, days)
+        context["metrics"] = metrics.overview(request.user, days)
     template = "dashboard/overview.html"
     if part in ("live", "metrics"):
         template += f"#{part}"
@@ -257,12 +272,12 @@ def overview(request):
 @login_required
 def board(request):
     if request.htmx and request.GET.get("partial") == "board-metrics":  # every 60 s
-        context = {"metrics": metrics.compute(request.user, BOARD_METRICS_DAYS)}
+        context = {"metrics": metrics.overview(request.user, BOARD_METRICS_DAYS)}
         return render(request, "dashboard/board.html#board-metrics", context)
     template = _partial(request, "dashboard/board.html", "board-live")
     context = overview_state(request.user)
     if template == "dashboard/board.html":  # the whole page: the DORA and governance tiles too
-        context["metrics"] = metrics.compute(request.user, BOARD_METRICS_DAYS)
+        context["metrics"] = metrics.overview(request.user, BOARD_METRICS_DAYS)
     return render(request, template, context)
 
 

@@ -357,6 +357,9 @@ CLEARWAY = {
     "HEARTBEAT_SECONDS": env.float("CLEARWAY_HEARTBEAT_SECONDS", default=5.0),
     "HEARTBEAT_TIMEOUT": env.float("CLEARWAY_HEARTBEAT_TIMEOUT", default=30.0),
     "REAPER_INTERVAL": env.float("CLEARWAY_REAPER_INTERVAL", default=10.0),
+    # How often beat refreshes the overview's metric rollups (orchestrator/rollups.py); the
+    # tiles say how old their numbers are.
+    "METRIC_ROLLUP_INTERVAL": env.float("CLEARWAY_METRIC_ROLLUP_INTERVAL", default=60.0),
     "POLICY_TIMEOUT": env.float("CLEARWAY_POLICY_TIMEOUT", default=2.0),
     # Queue that step executions are sent to (empty: Celery's default queue).
     "STEP_QUEUE": env.str("CLEARWAY_STEP_QUEUE", default=""),
@@ -464,5 +467,11 @@ CELERY_BEAT_SCHEDULE = {
     "audit-stream": {
         "task": "clearway.stream_audit",
         "schedule": CLEARWAY["AUDIT_STREAM_INTERVAL"],
+    },
+    "metric-rollups": {
+        "task": "clearway.metric_rollups",
+        "schedule": CLEARWAY["METRIC_ROLLUP_INTERVAL"],
+        # a pass older than the next one is pointless: drop it rather than queue passes
+        "options": {"expires": CLEARWAY["METRIC_ROLLUP_INTERVAL"]},
     },
 }

@@ -10,7 +10,7 @@ from celery.signals import worker_init, worker_process_init, worker_shutting_dow
 
 from governance import audit
 
-from . import actions, executors, sandbox
+from . import actions, executors, rollups, sandbox
 from .models import Pipeline, Trigger
 from .spec import ParameterError
 
@@ -62,6 +62,13 @@ def execute_step(step_id: int, attempt: int) -> None:
 @shared_task(name="clearway.advance_run")
 def advance_run(run_id: int) -> None:
     actions.advance_run(run_id)
+
+
+@shared_task(name="clearway.metric_rollups")
+def metric_rollups() -> dict:
+    """Refresh the overview's daily metric rollups (beat, every
+    CLEARWAY_METRIC_ROLLUP_INTERVAL seconds): the days changed since the last pass."""
+    return rollups.refresh()
 
 
 @shared_task(name="clearway.reap_stale_steps")
