@@ -523,6 +523,8 @@ def _target_url(event: AuditEvent) -> str | None:
         return reverse("governance:policy", args=[int(event.target_id)])
     if event.target_type == "environment" and event.target_name:
         return reverse("governance:environment", args=[event.target_name])
+    if event.target_type == "changerequest" and event.target_id.isdigit():
+        return reverse("governance:change-request", args=[int(event.target_id)])
     if event.target_type == "run" and event.target_id.isdigit():
         return reverse("dashboard:run", args=[int(event.target_id)])
     return None
