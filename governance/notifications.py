@@ -366,7 +366,9 @@ def change_request_reviewers(request: ChangeRequest) -> list:
     perm = "governance.change_policy" if request.policy_id else "governance.change_environment"
     users = (
         get_user_model()
-        .objects.with_perm(perm, include_superusers=False)
+        .objects.with_perm(
+            perm, include_superusers=False, backend="django.contrib.auth.backends.ModelBackend"
+        )
         .filter(is_active=True)
         .exclude(pk=request.proposed_by_id)
         .order_by("username")

@@ -232,3 +232,26 @@ def test_permission_matrix(
         with pytest.raises(ChangeRequestRefused):
             change_requests.approve(proposed, actor=user)
         assert ChangeRequest.objects.get(pk=proposed.pk).status == "pending"
+
+
+def test_eligible_reviewers_are_told_a_request_waits(
+    make_policy,
+    policy_admin,
+    second_policy_admin,
+    viewer,
+    celery_eager,
+    mailoutbox,
+    django_capture_on_commit_callbacks,
+):
+    from governance.models import NotificationPreference
+
+    policy = make_policy("branch", SOURCE)
+    with django_capture_on_commit_callbacks(execute=True):
+        proposed = change_requests.propose_policy_scope(policy, actor=policy_admin, enabled=False)
+    assert [m.to for m in mailoutbox] == [["pierre@example.test"]]  # not paula, not vic
+    assert "A governance change request waits for you: disable branch" in mailoutbox[0].subject
+    assert f"/change-requests/{proposed.pk}/" in mailoutbox[0].body
+    NotificationPreference.objects.create(user=second_policy_admin, events=["waiting"])
+    with django_capture_on_commit_callbacks(execute=True):
+        change_requests.propose_policy_scope(policy, actor=policy_admin, tiers=["staging"])
+    assert len(mailoutbox) == 1  # pierre opted out of change_request notifications
