@@ -13,7 +13,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils.html import format_html
 
-from . import actions, audit, notifications, policies, rego, secrets, siem
+from . import actions, audit, change_requests, notifications, policies, rego, secrets, siem
 from .models import (
     Approval,
     ApprovalRule,
@@ -266,7 +266,12 @@ class PolicyAdmin(admin.ModelAdmin):
             "enforcement": data["enforcement"],
         }
         if change:
+            scope = {k: common.pop(k) for k in ("environments", "tiers", "enabled")}
             policies.save_draft(obj, actor=request.user, source=data["source"], **common)
+            # Scope and `enabled` apply at once: a change request (four eyes).
+            proposed = change_requests.propose_policy_scope(obj, actor=request.user, **scope)
+            if proposed is not None:
+                self.message_user(request, _waits(proposed, "policy admin"), messages.WARNING)
         else:
             created = policies.create_policy(
                 actor=request.user, name=data["name"], source=data["source"], **common
@@ -286,24 +291,37 @@ class PolicyAdmin(admin.ModelAdmin):
             return
         for policy in queryset:
             try:
-                version = policies.publish_policy(policy, actor=request.user)
-            except (policies.PolicyActionError, PolicyCompileError) as exc:
+                proposed = change_requests.propose_policy_publish(policy, actor=request.user)
+            except (
+                policies.PolicyActionError,
+                PolicyCompileError,
+                change_requests.ChangeRequestError,
+            ) as exc:
                 self.message_user(request, f"{policy.name}: {exc}", messages.ERROR)
             else:
-                self.message_user(request, f"{policy.name}: published v{version.number}")
+                self.message_user(request, f"{policy.name}: {_waits(proposed, 'policy admin')}")
 
     @admin.action(description="Disable selected policies")
     def disable_selected(self, request, queryset):
         if not policies_editable(request):
             self.message_user(request, "you may not change policies", messages.ERROR)
             return
+        proposed = 0
         for policy in queryset:
-            policies.disable_policy(policy, actor=request.user)
-        self.message_user(request, f"disabled {queryset.count()} polic(ies)")
+            if change_requests.propose_policy_scope(policy, actor=request.user, enabled=False):
+                proposed += 1
+        self.message_user(
+            request,
+            f"proposed disabling {proposed} polic(ies): each waits for a second policy admin",
+        )
 
 
 def policies_editable(request) -> bool:
     return can_edit_policies(request.user)
+
+
+def _waits(row, role: str) -> str:
+    return f"your change waits for a second {role} (change request {row.pk}: {row.summary})"
 
 
 @admin.register(PolicyVersion)
@@ -361,7 +379,8 @@ class EnvironmentAdmin(admin.ModelAdmin):
             name: data[name] for name in ("freeze_windows", "change_windows") if name in data
         }
         if change:
-            actions.update_environment(obj, actor=request.user, settings=settings, **windows)
+            # Proposed with the rules in save_formset: one change request (four eyes).
+            request._environment_change = {"settings": settings, **windows}
         else:
             settings.update(windows)
             obj.pk = actions.create_environment(
@@ -377,7 +396,15 @@ class EnvironmentAdmin(admin.ModelAdmin):
             if not data or data.get("DELETE") or data.get("group") is None:
                 continue
             wanted[data["group"]] = {f: data.get(f) for f in actions.RULE_FIELDS}
-        actions.update_environment(form.instance, actor=request.user, rules=wanted)
+        pending = getattr(request, "_environment_change", None)
+        if pending is None:  # a new environment: created by create_environment
+            actions.update_environment(form.instance, actor=request.user, rules=wanted)
+            return
+        proposed = change_requests.propose_environment_update(
+            form.instance, actor=request.user, rules=wanted, **pending
+        )
+        if proposed is not None:
+            self.message_user(request, _waits(proposed, "environment admin"), messages.WARNING)
 
 
 # --- gates and what hangs off them --------------------------------------------------------

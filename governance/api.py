@@ -5,9 +5,9 @@ registered on the shared /api/v1/ router here."""
 
 from __future__ import annotations
 
-from . import api_audit, api_gates, api_policies, api_reports, api_secrets
+from . import api_audit, api_change_requests, api_gates, api_policies, api_reports, api_secrets
 
-_AREAS = (api_gates, api_policies, api_audit, api_reports, api_secrets)
+_AREAS = (api_gates, api_policies, api_audit, api_reports, api_secrets, api_change_requests)
 
 extra_urlpatterns: list = [
     pattern for area in _AREAS for pattern in getattr(area, "urlpatterns", [])

@@ -19,7 +19,8 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 
-from . import policies, rego
+from . import change_requests, policies, rego
+from .api_change_requests import created, refused
 from .filters import DecisionFilter, PolicyFilter
 from .models import Enforcement, Policy, PolicyDecision, PolicyVersion, Tier
 from .permissions import can_edit_policies, restrict
@@ -413,47 +414,69 @@ class PolicyViewSet(viewsets.GenericViewSet):
                 enforcement=data.get("enforcement"),
                 description=data.get("description"),
                 test_cases=data.get("test_cases"),
-                enabled=data.get("enabled"),
-                **_scope_kwargs(data),
+            )
+            # Scope and `enabled` apply at once: they become a change request (four eyes).
+            proposed = change_requests.propose_policy_scope(
+                policy, actor=request.user, enabled=data.get("enabled"), **_scope_kwargs(data)
             )
         except policies.PolicyActionError as exc:
             return _refused(exc)
-        return Response(PolicySerializer(self._reload(policy)).data)
+        except change_requests.ChangeRequestError as exc:
+            return refused(exc)
+        body = PolicySerializer(self._reload(policy)).data
+        if proposed is None:
+            return Response(body)
+        return Response(
+            {**body, "change_request": created(proposed).data["change_request"]},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     @extend_schema(request=PolicyWriteSerializer, responses={200: PolicySerializer})
     def partial_update(self, request, pk=None):
         return self.update(request, pk=pk)
 
     @extend_schema(
-        responses={204: None},
-        description="Disable the policy. Policies and their versions are never deleted.",
+        responses={202: None, 204: None},
+        description="Propose disabling the policy (202 with the change request; 204 when it "
+        "is disabled already). Policies and their versions are never deleted.",
     )
     def destroy(self, request, pk=None):
         policy = self.get_object()
         _require_editor(request.user)
-        policies.disable_policy(policy, actor=request.user)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        try:
+            proposed = change_requests.propose_policy_scope(
+                policy, actor=request.user, enabled=False
+            )
+        except change_requests.ChangeRequestError as exc:
+            return refused(exc)
+        if proposed is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return created(proposed)
 
     @extend_schema(
         request=None,
         responses={
-            201: PolicyVersionSerializer,
+            202: None,
             400: ErrorSerializer,
             409: inline_serializer("PolicyConflict", {"message": serializers.CharField()}),
         },
-        description="Compile the draft, run its test cases and, if all pass, publish it as a "
-        "new immutable version. Test cases without one that denies and one that passes refuse "
-        "publishing (400, `missing`), and so does a failing test case (400, with `results`).",
+        description="Compile the draft, run its test cases and its dry run and, if all pass, "
+        "propose publishing it (202 with the change request: a second policy admin approves "
+        "it at /change-requests/{id}/approve/). Test cases without one that denies and one that "
+        "passes refuse publishing (400, `missing`), and so does a failing test case (400, with "
+        "`results`).",
     )
     @action(detail=True, methods=["post"])
     def publish(self, request, pk=None):
         policy = self.get_object()
         _require_editor(request.user)
         try:
-            version = policies.publish_policy(policy, actor=request.user)
+            proposed = change_requests.propose_policy_publish(policy, actor=request.user)
         except policies.PolicyActionError as exc:
             return _refused(exc)
-        return Response(PolicyVersionSerializer(version).data, status=status.HTTP_201_CREATED)
+        except change_requests.ChangeRequestError as exc:
+            return refused(exc)
+        return created(proposed)
 
     @extend_schema(responses=PolicyVersionSerializer(many=True))
     @action(detail=True, methods=["get"])

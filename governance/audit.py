@@ -12,6 +12,7 @@ instead of from the first record on.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -33,6 +34,25 @@ GENESIS_HASH = "0" * 64
 request_context: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
     "clearway_request_context", default=None
 )
+
+
+# Details added to every event recorded inside `attached(...)` (e.g. a change request's
+# proposer and approver on the policy.publish row its approval writes).
+_attached: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "clearway_audit_attached", default=None
+)
+
+
+@contextlib.contextmanager
+def attached(**details: Any):
+    """Within the block, every `record(...)` also carries `details` (the verb's own details
+    win on a clash). Lets a verb that calls another verb say on whose behalf it happened
+    without that verb knowing (governance.change_requests)."""
+    token = _attached.set({**(_attached.get() or {}), **details})
+    try:
+        yield
+    finally:
+        _attached.reset(token)
 
 
 def canonical_json(value: Any) -> str:
@@ -96,6 +116,9 @@ def record(
     else:
         actor_name = actor.get_username() if hasattr(actor, "get_username") else str(actor)
     target_type, target_id, target_name = _describe_target(target)
+    extra = _attached.get()
+    if extra:
+        details = {**extra, **details}
     # JSON round trip now, so the hash covers exactly what the database will give back.
     details = json.loads(canonical_json(details))
     event = AuditEvent(

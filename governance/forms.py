@@ -19,7 +19,7 @@ from django import forms
 from django.contrib.auth.models import Group
 from django.utils.dateparse import parse_date, parse_datetime
 
-from . import actions, policies
+from . import change_requests, policies
 from .models import Enforcement, Environment, FreezeMode, Outcome, Tier
 from .notifications import KINDS as NOTIFICATION_KINDS
 
@@ -421,12 +421,12 @@ class EnvironmentEditor:
             fs.total_error_count() for fs in self.formsets if fs.is_bound
         )
 
-    def save(self, *, actor) -> dict:
-        """Apply the edit through governance.actions.update_environment; returns the changes
-        recorded (empty: nothing changed). Raises EnvironmentChanged when the environment
-        changed since the form was loaded."""
+    def save(self, *, actor):
+        """Propose the edit as a change request (governance.change_requests: it takes effect
+        when a second environment admin approves); None when nothing would change. Raises
+        EnvironmentChanged when the environment changed since the form was loaded."""
         data = self.form.cleaned_data
-        changes = actions.update_environment(
+        changes = change_requests.propose_environment_update(
             self.environment,
             actor=actor,
             settings={name: data[name] for name in Environment.SETTINGS},
@@ -440,7 +440,6 @@ class EnvironmentEditor:
             },
             loaded=data.get("loaded") or None,
         )
-        self.environment.refresh_from_db()
         return changes
 
 

@@ -769,3 +769,104 @@ class SecretVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.secret.name} v{self.number}"
+
+
+class ChangeRequestKind(models.TextChoices):
+    POLICY_PUBLISH = "policy.publish", "publish a policy's draft"
+    POLICY_SCOPE = "policy.scope", "change a policy's scope or enable / disable it"
+    ENVIRONMENT_UPDATE = "environment.update", "change an environment's controls"
+
+
+class ChangeRequestStatus(models.TextChoices):
+    PENDING = "pending"
+    APPROVED = "approved"  # approved and being applied (the policy tests run outside a lock)
+    REJECTED = "rejected"
+    APPLIED = "applied"
+    WITHDRAWN = "withdrawn"
+    SUPERSEDED = "superseded"
+
+
+CHANGE_REQUEST_MACHINE = StateMachine(
+    "change request",
+    ChangeRequestStatus.values,
+    {
+        ChangeRequestStatus.PENDING: {
+            ChangeRequestStatus.APPROVED,
+            ChangeRequestStatus.REJECTED,
+            ChangeRequestStatus.WITHDRAWN,
+            ChangeRequestStatus.SUPERSEDED,
+        },
+        # Applying failed (its tests failed, the target changed underneath): back to pending.
+        ChangeRequestStatus.APPROVED: {ChangeRequestStatus.APPLIED, ChangeRequestStatus.PENDING},
+    },
+)
+
+
+class ChangeRequest(models.Model):
+    """Four eyes on a governance change (governance/change_requests.py): publishing or
+    (re)scoping a policy, or changing an environment's controls, is proposed by one person and
+    takes effect only when another person with the permission the change needs approves it
+    (or a superuser applies it alone with a justification: an exception in the reports).
+
+    `payload` is what to apply, `base` the target's state when it was proposed (a request
+    whose target changed since is stale and refused), `diff` what a reviewer reads (rows of
+    {"field", "from", "to"} plus unified diff lines for a policy's source) and `checks` the
+    test results, coverage and dry run of a policy publication, run at proposal time."""
+
+    kind = models.CharField(max_length=32, choices=ChangeRequestKind.choices)
+    policy = models.ForeignKey(
+        Policy, null=True, blank=True, on_delete=models.CASCADE, related_name="change_requests"
+    )
+    environment = models.ForeignKey(
+        Environment,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="change_requests",
+    )
+    payload = models.JSONField(default=dict, blank=True)
+    base = models.JSONField(default=dict, blank=True)
+    diff = models.JSONField(default=dict, blank=True)
+    checks = models.JSONField(default=dict, blank=True)
+    summary = models.CharField(max_length=300, blank=True)
+    status = models.CharField(
+        max_length=12, choices=ChangeRequestStatus.choices, default=ChangeRequestStatus.PENDING
+    )
+    proposed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    proposed_at = models.DateTimeField(default=timezone.now, db_index=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    comment = models.TextField(blank=True)
+    justification = models.TextField(blank=True)
+    exception = models.BooleanField(default=False)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    objects = RestrictedManager()
+
+    class Meta:
+        ordering = ["-proposed_at", "-id"]
+        indexes = [models.Index(fields=["status", "kind"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(policy__isnull=False, environment__isnull=True)
+                | Q(policy__isnull=True, environment__isnull=False),
+                name="change_request_has_one_target",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"change request {self.pk} ({self.kind} {self.target_name}, {self.status})"
+
+    @property
+    def target(self):
+        return self.policy if self.policy_id else self.environment
+
+    @property
+    def target_name(self) -> str:
+        target = self.target
+        return target.name if target is not None else ""

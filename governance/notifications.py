@@ -35,6 +35,7 @@ from orchestrator.kernel.queue import enqueue
 from . import audit
 from .approvers import eligible_approvers, overriders
 from .models import (
+    ChangeRequest,
     Enforcement,
     Gate,
     GateStatus,
@@ -57,6 +58,7 @@ KINDS = (
     "rejected",
     "timed_out",
     "blocked",
+    "change_request",  # a governance change request waits for you (not a gate's)
 )
 
 
@@ -351,3 +353,80 @@ def delivery_failed(delivery_id: int, error: str) -> None:
         status=NotificationDelivery.Status.FAILED, last_error=error[:1000]
     )
     failed(delivery.gate_id, delivery.kind, delivery.target, error)
+
+
+# --- governance change requests ---------------------------------------------------------
+
+
+def change_request_reviewers(request: ChangeRequest) -> list:
+    """Who may approve `request` (the holders of the permission the change needs, through a
+    group or directly; not its proposer), less those who opted out of "change_request"."""
+    from django.contrib.auth import get_user_model
+
+    perm = "governance.change_policy" if request.policy_id else "governance.change_environment"
+    users = (
+        get_user_model()
+        .objects.with_perm(
+            perm, include_superusers=False, backend="django.contrib.auth.backends.ModelBackend"
+        )
+        .filter(is_active=True)
+        .exclude(pk=request.proposed_by_id)
+        .order_by("username")
+    )
+    users = list(users)
+    prefs = {
+        p.user_id: p for p in NotificationPreference.objects.filter(user__in=[u.pk for u in users])
+    }
+    return [u for u in users if prefs.get(u.pk) is None or prefs[u.pk].wants("change_request")]
+
+
+def change_request_message(request: ChangeRequest) -> tuple[str, str]:
+    url = f"{settings.CLEARWAY['SITE_URL'].rstrip('/')}/change-requests/{request.pk}/"
+    who = request.proposed_by.get_username()
+    headline = f"A governance change request waits for you: {request.summary}"
+    body = "\n".join(
+        [
+            headline,
+            "",
+            f"Proposed by {who}. It takes effect only when someone else approves it.",
+            "",
+            url,
+        ]
+    )
+    return f"[Clearway] {headline}"[:200], body
+
+
+def send_change_request_email(request_id: int) -> int:
+    """E-mail the reviewers of a pending change request; one message each."""
+    request = (
+        ChangeRequest.objects.select_related("proposed_by", "policy", "environment")
+        .filter(pk=request_id, status="pending")
+        .first()
+    )
+    if request is None:
+        return 0
+    to = []
+    for user in change_request_reviewers(request):
+        pref = NotificationPreference.objects.filter(user=user).first()
+        if (pref is None or pref.email) and (user.email or "").strip():
+            to.append(user.email.strip())
+    if not to:
+        return 0
+    subject, body = change_request_message(request)
+    connection = get_connection()
+    mails = [EmailMessage(subject, body, None, [address], connection=connection) for address in to]
+    return connection.send_messages(mails) or 0
+
+
+def schedule_change_request(request: ChangeRequest) -> None:
+    """Tell the eligible reviewers "a governance change request waits for you", after the
+    current transaction commits (a Celery task by name, retried like the gate e-mails)."""
+    request_id = request.pk
+
+    def send() -> None:
+        try:
+            enqueue("clearway.notify_change_request", (request_id,))
+        except Exception:  # broker down: a lost notification must not break the caller
+            logger.exception("could not queue the notification of change request %s", request_id)
+
+    transaction.on_commit(send)

@@ -33,7 +33,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
 
-from . import audit, checkpoints, notifications, policies, rego
+from . import audit, change_requests, checkpoints, notifications, policies, rego
 from .actions import EnvironmentChanged
 from .forms import (
     NEW_POLICY_SOURCE,
@@ -150,19 +150,34 @@ def _editor_context(request, form, policy: Policy | None, **extra) -> dict:
 
 
 def _save_form(request, form: PolicyForm, policy: Policy | None) -> Policy:
+    """Create the policy, or save its draft. A change of scope or of `enabled` takes effect
+    at once, so it becomes a change request (four eyes; governance.change_requests)."""
     data = form.cleaned_data
     fields = {
         "source": data["source"],
         "enforcement": data["enforcement"],
         "description": data["description"],
+        "test_cases": data["test_cases"],
+    }
+    scope = {
         "environments": list(data["environments"]),
         "tiers": data["tiers"],
-        "test_cases": data["test_cases"],
         "enabled": data["enabled"],
     }
     if policy is None:
-        return policies.create_policy(actor=request.user, name=data["name"], **fields)
-    return policies.save_draft(policy, actor=request.user, **fields)
+        return policies.create_policy(actor=request.user, name=data["name"], **fields, **scope)
+    saved = policies.save_draft(policy, actor=request.user, **fields)
+    proposed = change_requests.propose_policy_scope(saved, actor=request.user, **scope)
+    if proposed is not None:
+        messages.info(request, _waits(proposed, "policy admin"))
+    return saved
+
+
+def _waits(request_row, role: str) -> str:
+    return (
+        f"Your change waits for a second {role}: change request {request_row.pk} "
+        f"({request_row.summary}). It takes effect when someone else approves it."
+    )
 
 
 def _expected(expect: dict, key: str) -> dict | None:
@@ -282,6 +297,8 @@ def _editor_post(request, policy: Policy | None):
             form.add_refusal(exc)
         except policies.PolicyActionError as exc:
             form.add_error(None, str(exc))
+        except change_requests.ChangeRequestError as exc:
+            form.add_error(None, exc.message)
     elif "source" in form.cleaned_data:
         # Other fields are wrong: report the source's problems too, all in one go.
         try:
@@ -381,11 +398,12 @@ def _save_and_publish(request, form: PolicyForm, policy: Policy | None, *, publi
     saved = _save_form(request, form, policy)
     if publish:
         try:
-            version = policies.publish_policy(saved, actor=request.user)
+            proposed = change_requests.propose_policy_publish(saved, actor=request.user)
         except policies.PolicyUnchanged as exc:
             messages.info(request, str(exc))
         else:
-            messages.success(request, f"Published {saved.name} as version {version.number}.")
+            messages.success(request, _waits(proposed, "policy admin"))
+            return redirect("governance:change-request", pk=proposed.pk)
     elif policy is None:
         messages.success(request, f"Created {saved.name}. Run its tests, then publish it.")
     elif saved.updated_at == before:
@@ -596,14 +614,14 @@ def environment_detail(request, name: str):
     editor = EnvironmentEditor(env, request.POST or None) if may_change else None
     if request.method == "POST" and editor.is_valid():
         try:
-            changes = editor.save(actor=request.user)
-        except EnvironmentChanged as exc:
+            proposed = editor.save(actor=request.user)
+        except (EnvironmentChanged, change_requests.ChangeRequestError) as exc:
             editor.form.add_error(None, str(exc))
         else:
-            if changes:
-                messages.success(request, f"Saved {env.name}: {', '.join(sorted(changes))}.")
-            else:
-                messages.info(request, "No changes.")
+            if proposed is not None:
+                messages.success(request, _waits(proposed, "environment admin"))
+                return redirect("governance:change-request", pk=proposed.pk)
+            messages.info(request, "No changes.")
             return redirect("governance:environment", name=env.name)
     context = _environment_context(env, editor, may_change)
     context.update(secrets_context(request.user, env))
@@ -623,6 +641,8 @@ def _target_url(event: AuditEvent) -> str | None:
         return reverse("governance:policy", args=[int(event.target_id)])
     if event.target_type == "environment" and event.target_name:
         return reverse("governance:environment", args=[event.target_name])
+    if event.target_type == "changerequest" and event.target_id.isdigit():
+        return reverse("governance:change-request", args=[int(event.target_id)])
     if event.target_type == "run" and event.target_id.isdigit():
         return reverse("dashboard:run", args=[int(event.target_id)])
     return None

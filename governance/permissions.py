@@ -22,6 +22,7 @@ from orchestrator.models import LogChunk, Pipeline, PipelineVersion, Run, StageR
 from .models import (
     Approval,
     AuditEvent,
+    ChangeRequest,
     Environment,
     Gate,
     Policy,
@@ -110,6 +111,19 @@ def restrict(qs: QuerySet, user, action: str = "view") -> QuerySet:
             return qs
         if action in ("change", "publish"):
             return qs if user.has_perm("governance.change_policy") else qs.none()
+        return qs.none()
+    if model is ChangeRequest:
+        # Reviewed by holders of the permission the change itself needs: policy admins for
+        # policies, environment admins for environments. A proposer always sees their own.
+        allowed = Q(pk__in=[])
+        if user.has_perm("governance.change_policy"):
+            allowed |= Q(policy__isnull=False)
+        if user.has_perm("governance.change_environment"):
+            allowed |= Q(environment__isnull=False)
+        if action == "view":
+            return qs.filter(allowed | Q(proposed_by=user))
+        if action == "decide":
+            return qs.filter(allowed)
         return qs.none()
     if model is AuditEvent:
         if action == "view" and user.has_perm("governance.view_auditevent"):

@@ -60,6 +60,20 @@ def notify_gate_webhook(self, gate_id: int, kind: str) -> int:
     return notifications.post_webhook(gate_id, kind)
 
 
+@shared_task(
+    name="clearway.notify_change_request",
+    autoretry_for=(smtplib.SMTPException, OSError),
+    bind=True,
+    max_retries=5,
+    retry_backoff=5,
+    retry_backoff_max=300,
+    retry_jitter=True,
+)
+def notify_change_request(self, request_id: int) -> int:
+    """E-mail the reviewers of a governance change request."""
+    return notifications.send_change_request_email(request_id)
+
+
 @shared_task(name="clearway.generate_report_pdf")
 def generate_report_pdf(job_id: int) -> str | None:
     """Build a queued PDF change report (governance.actions.generate_report_pdf)."""

@@ -19,3 +19,7 @@ urlpatterns += page_urlpatterns
 from .secret_pages import urlpatterns as secret_urlpatterns  # noqa: E402
 
 urlpatterns += secret_urlpatterns
+
+from .change_request_pages import urlpatterns as change_request_urlpatterns  # noqa: E402
+
+urlpatterns += change_request_urlpatterns

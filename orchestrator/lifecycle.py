@@ -19,7 +19,15 @@ from datetime import datetime
 from typing import Any
 
 from governance import audit
-from governance.models import GATE_MACHINE, Gate, GateStatus, Outcome, ReportJob
+from governance.models import (
+    CHANGE_REQUEST_MACHINE,
+    GATE_MACHINE,
+    ChangeRequest,
+    Gate,
+    GateStatus,
+    Outcome,
+    ReportJob,
+)
 
 from . import events
 from .kernel import fastsql
@@ -266,3 +274,16 @@ def report_job(job: ReportJob, status: str, *, now: datetime, fields: tuple[str,
     ReportJob.MACHINE.check(f"report job {job.pk}", job.status, status)
     job.status, job.finished_at = status, now
     fastsql.update(job, sorted({"status", "finished_at", *fields}))
+
+
+def change_request(
+    request: ChangeRequest, status: str, *, now: datetime, fields: tuple[str, ...] = ()
+) -> None:
+    """Move a governance change request (locked by the caller) to `status`, with `fields`
+    the caller set (decided_by, comment, justification, exception, applied_at, error).
+    CHANGE_REQUEST_MACHINE decides which moves exist; audited by the caller's verb."""
+    CHANGE_REQUEST_MACHINE.check(f"change request {request.pk}", request.status, status)
+    request.status = status
+    if status != "pending" and "decided_at" not in fields and request.decided_at is None:
+        request.decided_at = now
+    fastsql.update(request, sorted({"status", "decided_at", *fields}))

@@ -119,6 +119,44 @@ def policy_admin(make_user):
 
 
 @pytest.fixture
+def second_policy_admin(make_user):
+    """paula's colleague: the second pair of eyes on policy and environment changes."""
+    return make_user("pierre", "policy-admin", first_name="Pierre")
+
+
+@pytest.fixture
+def four_eyes(policy_admin, second_policy_admin):
+    """Governance changes the four-eyes way (governance.change_requests): each helper
+    proposes as `by` (paula) and approves as `approver` (pierre), returning the applied
+    request. four_eyes.publish(policy), .scope(policy, enabled=False, …),
+    .environment(env, settings=…, rules=…)."""
+    from governance import change_requests
+
+    class FourEyes:
+        def _approve(self, proposed, approver):
+            assert proposed is not None, "nothing to change"
+            return change_requests.approve(proposed, actor=approver or second_policy_admin)
+
+        def publish(self, policy, *, by=None, approver=None):
+            proposed = change_requests.propose_policy_publish(policy, actor=by or policy_admin)
+            return self._approve(proposed, approver)
+
+        def scope(self, policy, *, by=None, approver=None, **changes):
+            proposed = change_requests.propose_policy_scope(
+                policy, actor=by or policy_admin, **changes
+            )
+            return self._approve(proposed, approver)
+
+        def environment(self, env, *, by=None, approver=None, **changes):
+            proposed = change_requests.propose_environment_update(
+                env, actor=by or policy_admin, **changes
+            )
+            return self._approve(proposed, approver)
+
+    return FourEyes()
+
+
+@pytest.fixture
 def compliance_manager(make_user):
     return make_user("carl", "compliance-manager", first_name="Carl")
 

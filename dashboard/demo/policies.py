@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from governance import policies, rego
-from governance.models import Enforcement, Policy
+from governance import change_requests, policies, rego
+from governance.models import ChangeRequest, ChangeRequestStatus, Enforcement, Policy
 
 # Enforcement per demo policy (the same as their header comments; this table is the contract).
 ENFORCEMENT = {
@@ -46,3 +46,25 @@ def seed_policies(author, *, now: datetime) -> int:
             policies.publish_policy(policy, actor=author, now=now)
         count += 1
     return count
+
+
+# The pending four-eyes request the demo shows: paula proposes making main-branch
+# soft-mandatory; pierre (the second policy admin) reviews it on /change-requests/.
+PROPOSED = ("main-branch", Enforcement.SOFT_MANDATORY)
+
+
+def seed_change_request(author) -> ChangeRequest | None:
+    """Idempotent: nothing when a request on the policy is pending already, or it is gone."""
+    name, enforcement = PROPOSED
+    policy = Policy.objects.filter(name=name).first()
+    if policy is None:
+        return None
+    pending = ChangeRequest.objects.filter(policy=policy, status=ChangeRequestStatus.PENDING)
+    if pending.exists():
+        return pending.first()
+    if policy.enforcement != enforcement:
+        policy = policies.save_draft(policy, actor=author, enforcement=enforcement)
+    try:
+        return change_requests.propose_policy_publish(policy, actor=author)
+    except policies.PolicyUnchanged:
+        return None

@@ -20,7 +20,7 @@ from orchestrator import actions
 from orchestrator.models import Pipeline, Team
 
 from .history import seed_history
-from .policies import seed_policies
+from .policies import seed_change_request, seed_policies
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,6 +32,7 @@ USERS = [
     ("sara", "Sara Lindqvist", ["approver", "sre"]),
     ("sofia", "Sofia Marquez", ["approver", "security"]),
     ("paula", "Paula Brenner", ["policy-admin"]),
+    ("pierre", "Pierre Laurent", ["policy-admin"]),
     ("carl", "Carl Jensen", ["compliance-manager"]),
     ("vic", "Vic Novak", ["viewer"]),
 ]
@@ -171,6 +172,7 @@ def seed(*, history: bool = True, days: int = 60, out=None) -> str:
     runs = 0
     if history:
         runs = seed_history(people["users"], pipelines, days=days, out=out)
+    seed_change_request(people["users"]["paula"])
     return (
         f"{len(people['users'])} users, {len(pipelines)} pipelines, {policies} policies, "
         f"{runs} historical runs"

@@ -102,4 +102,5 @@ EXCEPTION_KINDS = {
     "refused-override": "Refused override attempt",
     "expired-approval": "Approval counted after it expired",
     "policy-change": "Policy changed during the period",
+    "lone-change": "Governance change applied alone by a superuser (no second person)",
 }

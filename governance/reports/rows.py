@@ -449,6 +449,18 @@ def _exception_sources(qs: QuerySet, filters: ChangeFilters, as_of: datetime) ->
         ~Q(action="policy.update")
         | Q(*[Q(details__changes__has_key=f) for f in POLICY_SCOPE_FIELDS], _connector=Q.OR)
     ).order_by("seq")
+    # Four eyes bypassed: a change request a superuser applied alone (its apply event).
+    lone_changes = AuditEvent.objects.filter(
+        action="change_request.apply",
+        outcome=Outcome.SUCCESS,
+        details__exception=True,
+        at__lt=as_of,
+    )
+    if filters.start:
+        lone_changes = lone_changes.filter(at__gte=filters.start)
+    if filters.end:
+        lone_changes = lone_changes.filter(at__lt=filters.end)
+    lone_changes = lone_changes.order_by("seq")
 
     def override_row(o: Override) -> dict:
         detail = o.justification
@@ -522,6 +534,7 @@ def _exception_sources(qs: QuerySet, filters: ChangeFilters, as_of: datetime) ->
         ("refused-override", refused.filter(action__in=OVERRIDE_ACTIONS), refused_row),
         ("expired-approval", expired, expired_row),
         ("policy-change", policy_events, policy_change_row),
+        ("lone-change", lone_changes, lone_change_row),
     ]
 
 
@@ -553,7 +566,23 @@ def policy_change_row(e: AuditEvent) -> dict:
                 ch = changes[key]
                 bits.append(f"{key} {ch.get('from')} → {ch.get('to')}")
         detail = "scope changed: " + "; ".join(bits)
+    if d.get("proposed_by"):  # through a change request (four eyes)
+        if d.get("exception"):
+            detail += f"; proposed by {d['proposed_by']}, applied alone by {d.get('approved_by')}"
+        else:
+            detail += f"; proposed by {d['proposed_by']}, approved by {d.get('approved_by')}"
     return _exception("policy-change", e.at, None, e.target_name, e.actor_name, detail, e.seq)
+
+
+def lone_change_row(e: AuditEvent) -> dict:
+    """A change request applied by a superuser without a second person."""
+    d = e.details or {}
+    detail = (
+        f"{d.get('kind')} of {d.get('subject')} (change request {e.target_id}, proposed by "
+        f"{d.get('proposed_by')}) applied alone: {d.get('justification')}"
+    )
+    subject = d.get("subject") or e.target_name
+    return _exception("lone-change", e.at, None, subject, e.actor_name, detail, e.seq)
 
 
 def iter_exceptions(qs: QuerySet, filters: ChangeFilters, *, as_of: datetime) -> Iterator[dict]:

@@ -11,17 +11,44 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from guardian.shortcuts import assign_perm
 
+from governance import change_requests
 from governance.forms import fingerprint
 from governance.models import ApprovalRule, AuditEvent, Environment
 
 pytestmark = pytest.mark.django_db
 
 
+class FourEyesClient(Client):
+    """paula's browser, with pierre approving each change request her save proposes (an
+    environment edit takes effect only on a second admin's approval)."""
+
+    reviewer = None
+
+    def post(self, *args, **kwargs):
+        response = super().post(*args, **kwargs)
+        for proposed in change_requests.pending_for(self.reviewer):
+            change_requests.approve(proposed, actor=self.reviewer)
+        return response
+
+
 @pytest.fixture
-def admin(policy_admin) -> Client:
-    client = Client()
+def admin(policy_admin, second_policy_admin) -> Client:
+    client = FourEyesClient()
+    client.reviewer = second_policy_admin
     client.force_login(policy_admin)
     return client
+
+
+def test_a_save_is_proposed_and_waits_for_a_second_admin(policy_admin, production):
+    client = Client()
+    client.force_login(policy_admin)
+    response = client.post(
+        "/environments/production/", edit_form(production, approval_ttl_hours="1"), follow=True
+    )
+    assert "Your change waits for a second environment admin" in response.content.decode()
+    production.refresh_from_db()
+    assert production.approval_ttl_hours == 24
+    assert not AuditEvent.objects.filter(action="environment.update").exists()
 
 
 def edit_form(env: Environment, *, rules=None, freeze=(), change=(), **settings) -> dict:
@@ -114,7 +141,8 @@ def test_edit_is_saved_and_audited_with_a_diff(admin, production, policy_admin):
         "security": 1,
     }
     event = AuditEvent.objects.get(action="environment.update")
-    assert event.actor_name == policy_admin.username
+    assert event.details["proposed_by"] == policy_admin.username
+    assert event.actor_name == event.details["approved_by"] == "pierre"
     assert (event.target_type, event.target_name) == ("environment", "production")
     changes = event.details["changes"]
     assert changes["approval_ttl_hours"] == {"from": 24, "to": 8}

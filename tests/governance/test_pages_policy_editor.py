@@ -9,7 +9,7 @@ import re
 import pytest
 from django.test import Client
 
-from governance.models import AuditEvent, Outcome, Policy, PolicyVersion
+from governance.models import AuditEvent, ChangeRequest, Outcome, Policy, PolicyVersion
 
 pytestmark = pytest.mark.django_db
 
@@ -202,10 +202,19 @@ def test_test_case_shape_is_checked(editor, policy):
     assert "needs an input object" in response.content.decode()
 
 
-def test_disabling_is_audited_as_disable(editor, policy):
+def test_disabling_waits_for_a_second_admin_and_is_audited_as_disable(
+    editor, policy, second_policy_admin
+):
+    from governance import change_requests
+
     data = form()
     del data["enabled"]
-    editor.post(f"/policies/{policy.pk}/", data)
+    response = editor.post(f"/policies/{policy.pk}/", data, follow=True)
+    assert "Your change waits for a second policy admin" in response.content.decode()
+    policy.refresh_from_db()
+    assert policy.enabled  # not yet: four eyes
+    proposed = change_requests.pending_for(second_policy_admin).get()
+    change_requests.approve(proposed, actor=second_policy_admin)
     policy.refresh_from_db()
     assert not policy.enabled
     assert AuditEvent.objects.filter(action="policy.disable").count() == 1
@@ -335,17 +344,18 @@ def test_publish_with_a_failing_test_is_blocked(editor, policy):
     assert response.status_code == 200
     page = response.content.decode()
     assert 'id="publish-refused"' in page and "1 of 3 test case(s) failed" in page
+    assert not ChangeRequest.objects.exists()  # a failing test case: nothing to review
     failed = re.findall(r'<tr class="test-failed.*?</tr>', page, re.S)
     assert len(failed) == 1 and "2.0.2 is refused too" in failed[0]
     policy.refresh_from_db()
     assert policy.current_version.number == 1
     assert policy.source == SOURCE_V2  # the draft is saved, not published
     assert PolicyVersion.objects.filter(policy=policy).count() == 1
-    refused = AuditEvent.objects.get(action="policy.publish")
+    refused = AuditEvent.objects.get(action="change_request.propose")
     assert refused.outcome == Outcome.FAILURE
 
 
-def test_publish_creates_the_next_version(editor, policy):
+def test_publish_creates_the_next_version(editor, policy, second_policy_admin):
     cases = [
         case("2.0.1 is refused", "2.0.1", ["version 2.0.1 is withdrawn"]),
         case("1.0.0 passes", "1.0.0", []),
@@ -355,11 +365,33 @@ def test_publish_creates_the_next_version(editor, policy):
     )
     assert response.status_code == 302
     policy.refresh_from_db()
+    assert policy.current_version.number == 1  # proposed, not published: four eyes
+    page = editor.get(response["Location"]).content.decode()
+    assert "Your change waits for a second policy admin" in page
+    assert "2 of 2 passed" in page and "would have blocked" in page
+    proposed = ChangeRequest.objects.get()
+    reviewer = Client()
+    reviewer.force_login(second_policy_admin)
+    review = reviewer.get(f"/change-requests/{proposed.pk}/").content.decode()
+    assert 'id="cr-review-form"' in review and "diff-add" in review
+    response = reviewer.post(f"/change-requests/{proposed.pk}/", {"action": "approve"})
+    assert response.status_code == 302
+    policy.refresh_from_db()
     assert policy.current_version.number == 2 and policy.current_version.source == SOURCE_V2
     assert not policy.has_unpublished_changes
-    page = editor.get(response["Location"]).content.decode()
-    assert "Published version as version 2." in page  # policy "version", now at version 2
-    assert AuditEvent.objects.get(action="policy.publish").details["version"] == 2
+    publish = AuditEvent.objects.get(action="policy.publish")
+    assert publish.details["version"] == 2 and publish.details["approved_by"] == "pierre"
+
+
+def test_the_proposer_is_refused_on_the_review_page(editor, policy):
+    editor.post(f"/policies/{policy.pk}/", form(SOURCE_V2, action="publish"))
+    proposed = ChangeRequest.objects.get()
+    page = editor.get(f"/change-requests/{proposed.pk}/").content.decode()
+    assert 'id="cr-review-form"' not in page and "Withdraw" in page
+    response = editor.post(f"/change-requests/{proposed.pk}/", {"action": "approve"})
+    assert response.status_code == 403 and "four eyes" in response.content.decode()
+    policy.refresh_from_db()
+    assert policy.current_version.number == 1
 
 
 def test_publishing_an_unchanged_draft_says_so(editor, policy):

@@ -160,7 +160,11 @@ def test_policies_cannot_be_deleted_in_the_admin(client, prod):
     assert Policy.objects.filter(pk=policy.pk).exists()
 
 
-def test_the_publish_action_runs_the_verb(client, policy_admin, prod):
+def test_the_publish_action_proposes_a_change_request(
+    client, policy_admin, second_policy_admin, prod
+):
+    from governance import change_requests
+
     policy = policies.create_policy(
         actor=policy_admin, name="branch", source=SOURCE, enforcement="advisory", test_cases=CASES
     )
@@ -169,6 +173,11 @@ def test_the_publish_action_runs_the_verb(client, policy_admin, prod):
         {"action": "publish_selected", "_selected_action": [str(policy.pk)]},
     )
     assert response.status_code == 302
+    policy.refresh_from_db()
+    assert policy.current_version is None  # waits for a second policy admin
+    change_requests.approve(
+        change_requests.pending_for(second_policy_admin).get(), actor=second_policy_admin
+    )
     policy.refresh_from_db()
     assert policy.current_version.number == 1
 

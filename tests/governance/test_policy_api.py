@@ -132,8 +132,8 @@ def actions_for(policy: Policy) -> dict:
         "create": ("post", "/api/v1/policies/", new, 201, True),
         "update": ("patch", f"{base}/", {"enforcement": "advisory"}, 200, True),
         "replace": ("put", f"{base}/", {"description": "new words"}, 200, True),
-        "delete": ("delete", f"{base}/", None, 204, True),
-        "publish": ("post", f"{base}/publish/", None, 201, True),
+        "delete": ("delete", f"{base}/", None, 202, True),  # a change request (four eyes)
+        "publish": ("post", f"{base}/publish/", None, 202, True),
         "dry-run": ("post", f"{base}/dry-run/", {"days": 7}, 200, True),
         "evaluate-source": (
             "post",
@@ -280,18 +280,25 @@ def test_a_duplicate_name_is_refused(api, policy, paula):
 # --- update, delete -----------------------------------------------------------------------
 
 
-def test_update_saves_a_draft_only(api, policy, paula):
+def test_update_saves_a_draft_and_proposes_the_scope(api, policy, paula, second_policy_admin):
     response = api(paula).patch(
         f"/api/v1/policies/{policy.pk}/",
         {"source": SOURCE, "enforcement": "advisory", "scope": {"tiers": ["staging"]}},
         format="json",
     )
-    assert response.status_code == 200, response.data
+    assert response.status_code == 202, response.data
     data = response.json()
     assert data["source"] == SOURCE and data["enforcement"] == "advisory"
-    assert data["scope"] == {"environments": ["production"], "tiers": ["staging"]}
+    # The scope applies at once, so it waits for a second policy admin.
+    assert data["scope"] == {"environments": ["production"], "tiers": []}
+    assert data["change_request"]["kind"] == "policy.scope"
     assert data["version"] == 1 and data["current_version"]["enforcement"] == "hard-mandatory"
     assert data["has_unpublished_changes"] is True
+    pk = data["change_request"]["id"]
+    approved = api(second_policy_admin).post(f"/api/v1/change-requests/{pk}/approve/")
+    assert approved.status_code == 200 and approved.json()["status"] == "applied"
+    detail = api(paula).get(f"/api/v1/policies/{policy.pk}/").json()
+    assert detail["scope"] == {"environments": ["production"], "tiers": ["staging"]}
 
 
 def test_update_with_a_syntax_error_saves_nothing(api, policy, paula):
@@ -312,9 +319,16 @@ def test_a_policy_cannot_be_renamed(api, policy, paula):
     assert response.json()["errors"][0]["path"] == "name"
 
 
-def test_delete_disables_and_keeps_history(api, policy, paula):
+def test_delete_disables_and_keeps_history(api, policy, paula, second_policy_admin):
     response = api(paula).delete(f"/api/v1/policies/{policy.pk}/")
-    assert response.status_code == 204
+    assert response.status_code == 202
+    policy.refresh_from_db()
+    assert policy.enabled is True  # waits for a second policy admin
+    pk = response.json()["change_request"]["id"]
+    assert api(paula).post(f"/api/v1/change-requests/{pk}/approve/").status_code == 403
+    assert (
+        api(second_policy_admin).post(f"/api/v1/change-requests/{pk}/approve/").status_code == 200
+    )
     policy.refresh_from_db()
     assert policy.enabled is False and policy.versions.count() == 1
     detail = api(paula).get(f"/api/v1/policies/{policy.pk}/").json()
@@ -323,18 +337,34 @@ def test_delete_disables_and_keeps_history(api, policy, paula):
     assert [p["name"] for p in listed["results"]] == ["branch"]
     assert api(paula).get("/api/v1/policies/?enabled=true").json()["count"] == 0
     assert AuditEvent.objects.filter(action="policy.disable").count() == 1
+    assert api(paula).delete(f"/api/v1/policies/{policy.pk}/").status_code == 204
 
 
 # --- publish and versions ---------------------------------------------------------------------
 
 
-def test_publish_creates_version_two(api, policy, paula):
+def _publish(api, policy, paula, reviewer) -> dict:
     response = api(paula).post(f"/api/v1/policies/{policy.pk}/publish/")
-    assert response.status_code == 201, response.data
-    data = response.json()
+    assert response.status_code == 202, response.data
+    pk = response.json()["change_request"]["id"]
+    approved = api(reviewer).post(f"/api/v1/change-requests/{pk}/approve/", {"comment": "ok"})
+    assert approved.status_code == 200, approved.data
+    return approved.json()
+
+
+def test_publish_creates_version_two(api, policy, paula, second_policy_admin):
+    proposed = api(paula).post(f"/api/v1/policies/{policy.pk}/publish/").json()
+    request = proposed["change_request"]
+    assert request["status"] == "pending" and request["proposed_by"] == "paula"
+    assert all(r["passed"] for r in request["checks"]["tests"]["results"])
+    assert "would have blocked" in request["checks"]["dry_run"]["summary"]
+    assert api(paula).get(f"/api/v1/policies/{policy.pk}/").json()["version"] == 1
+    done = api(second_policy_admin).post(f"/api/v1/change-requests/{request['id']}/approve/").json()
+    assert done["status"] == "applied" and done["decided_by"] == "pierre"
+    data = api(paula).get(f"/api/v1/policies/{policy.pk}/versions/2/").json()
     assert data["number"] == 2 and data["source"] == DRAFT
     assert data["sha256"] == policies.source_sha256(DRAFT)
-    assert data["author"] == "paula"
+    assert data["author"] == "pierre"  # who made it take effect; the proposer is audited
     assert all(r["passed"] for r in data["test_results"])
     assert api(paula).get(f"/api/v1/policies/{policy.pk}/").json()["version"] == 2
 
@@ -358,11 +388,19 @@ def test_publish_is_blocked_by_a_failing_test_case(api, policy, paula):
     assert policy.versions.count() == 1
 
 
-def test_publishing_twice_is_a_conflict(api, policy, paula):
-    assert api(paula).post(f"/api/v1/policies/{policy.pk}/publish/").status_code == 201
+def test_publishing_twice_is_a_conflict(api, policy, paula, second_policy_admin):
+    _publish(api, policy, paula, second_policy_admin)
     response = api(paula).post(f"/api/v1/policies/{policy.pk}/publish/")
     assert response.status_code == 409
     assert "nothing to publish" in response.json()["message"]
+
+
+def test_change_requests_are_listed_for_their_reviewers(api, policy, paula, second_policy_admin):
+    api(paula).post(f"/api/v1/policies/{policy.pk}/publish/")
+    waiting = api(second_policy_admin).get("/api/v1/change-requests/?waiting=1").json()
+    assert [r["kind"] for r in waiting["results"]] == ["policy.publish"]
+    assert api(paula).get("/api/v1/change-requests/?waiting=1").json()["count"] == 0
+    assert api(paula).get("/api/v1/change-requests/").json()["count"] == 1
 
 
 def test_versions_list_and_detail(api, policy, paula):

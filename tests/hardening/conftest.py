@@ -113,6 +113,7 @@ class World:
     decision: object = None  # the policy's decision at `gate`
     job: object = None  # carl's finished PDF report job
     secret: object = None  # DB_PASSWORD of production (sre holds manage_secrets there)
+    change_request: object = None  # pierre's pending proposal to scope `policy` to staging too
     audit_seq: int = 0
 
 
@@ -277,8 +278,22 @@ def build_world(*, gates: bool = True) -> World:
     assert world.decision is not None, "the soft policy was not evaluated at the gate"
     assert world.gate.status == "waiting", world.gate.status
     world.job = _report_job(users["compliance_manager"])
+    world.change_request = _change_request(world.policy)
     world.audit_seq = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True)[0]
     return world
+
+
+def _change_request(policy):
+    """A pending change request by pierre, a policy admin who holds no role of the matrix, so
+    that every role is someone other than its proposer."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from governance import change_requests
+
+    pierre, _ = get_user_model().objects.get_or_create(username="pierre")
+    pierre.groups.add(Group.objects.get(name="policy-admin"))
+    return change_requests.propose_policy_scope(policy, actor=pierre, tiers=["staging"])
 
 
 @contextlib.contextmanager

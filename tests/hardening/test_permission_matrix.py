@@ -175,6 +175,7 @@ other_run_id = lambda w: {"run_id": w.other_run.pk}  # noqa: E731
 gate_pk = lambda w: {"pk": w.gate.pk}  # noqa: E731
 policy_pk = lambda w: {"pk": w.policy.pk}  # noqa: E731
 job_pk = lambda w: {"pk": w.job.pk}  # noqa: E731
+cr_pk = lambda w: {"pk": w.change_request.pk}  # noqa: E731
 # A report job is its requester's alone: even a superuser gets 404 for carl's job.
 OWN_JOB = {"superuser": 404}
 
@@ -368,7 +369,7 @@ ROUTES: dict[str, Route] = {
             Check(),
             Check("put", data={"source": SOFT_DENY.replace("windows", "hours")}, allowed=EDITORS),
             Check("patch", data={"description": "changed"}, allowed=EDITORS),
-            Check("delete", allowed=EDITORS, ok=204),
+            Check("delete", allowed=EDITORS, ok=202),  # proposes disabling (four eyes)
         ),
     ),
     "policy-dry-run": Route(policy_pk, (Check("post", data={"days": 7}, allowed=EDITORS),)),
@@ -380,7 +381,34 @@ ROUTES: dict[str, Route] = {
             Check("post", data={"input": {}, "source": SOFT_DENY}, allowed=EDITORS),
         ),
     ),
-    "policy-publish": Route(policy_pk, (Check("post", allowed=EDITORS, ok=201),)),
+    "policy-publish": Route(policy_pk, (Check("post", allowed=EDITORS, ok=202),)),  # proposes
+    # --- API: governance change requests (four eyes): reviewers are those who may make the
+    # change; the proposer (pierre, no role here) alone may withdraw; a superuser may apply
+    # alone. Others cannot see the request (404) but list their own (none).
+    "changerequest-list": Route(checks=(Check(),)),
+    "changerequest-detail": Route(cr_pk, (Check(allowed=EDITORS, hidden=SIGNED_IN - EDITORS),)),
+    "changerequest-approve": Route(
+        cr_pk,
+        (Check("post", data={"comment": "ok"}, allowed=EDITORS, hidden=SIGNED_IN - EDITORS),),
+    ),
+    "changerequest-reject": Route(
+        cr_pk,
+        (Check("post", data={"comment": "no"}, allowed=EDITORS, hidden=SIGNED_IN - EDITORS),),
+    ),
+    "changerequest-withdraw": Route(
+        cr_pk, (Check("post", allowed=NOBODY, hidden=SIGNED_IN - EDITORS),)
+    ),
+    "changerequest-apply-alone": Route(
+        cr_pk,
+        (
+            Check(
+                "post",
+                data=JUSTIFICATION,
+                allowed=frozenset({"superuser"}),
+                hidden=SIGNED_IN - EDITORS,
+            ),
+        ),
+    ),
     "policy-test": Route(
         policy_pk,
         (Check("post", data={}), Check("post", data={"source": SOFT_DENY}, allowed=EDITORS)),
@@ -452,6 +480,20 @@ ROUTES: dict[str, Route] = {
     "governance:policy-versions": Route(policy_pk, (Check(),)),
     "governance:policy-revert": Route(
         policy_pk, (Check("post", data={"version": "1"}, allowed=EDITORS, ok=302),)
+    ),
+    "governance:change-requests": Route(checks=(Check(),)),
+    "governance:change-request": Route(
+        cr_pk,
+        (
+            Check(allowed=EDITORS, hidden=SIGNED_IN - EDITORS),
+            Check(
+                "post",
+                data={"action": "approve"},
+                allowed=EDITORS,
+                hidden=SIGNED_IN - EDITORS,
+                ok=302,
+            ),
+        ),
     ),
     "governance:environments": Route(checks=(Check(),)),
     "governance:environment-secrets": Route(

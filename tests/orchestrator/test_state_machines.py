@@ -7,7 +7,15 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from governance.models import GATE_MACHINE, Gate, GateStatus, ReportJob
+from governance.models import (
+    CHANGE_REQUEST_MACHINE,
+    GATE_MACHINE,
+    ChangeRequest,
+    ChangeRequestStatus,
+    Gate,
+    GateStatus,
+    ReportJob,
+)
 from orchestrator import lifecycle
 from orchestrator.models import (
     RUN_MACHINE,
@@ -49,12 +57,17 @@ def _report_move(old, new):
     lifecycle.report_job(ReportJob(pk=1, status=old), new, now=NOW)
 
 
+def _change_request_move(old, new):
+    lifecycle.change_request(ChangeRequest(pk=1, status=old), new, now=NOW)
+
+
 MACHINES = {
     "run": (RUN_MACHINE, _run_move),
     "stage": (STAGE_MACHINE, _stage_move),
     "step": (STEP_MACHINE, _step_move),
     "gate": (GATE_MACHINE, _gate_move),
     "report job": (ReportJob.MACHINE, _report_move),
+    "change request": (CHANGE_REQUEST_MACHINE, _change_request_move),
 }
 
 ILLEGAL = [
@@ -77,6 +90,7 @@ def test_the_tables_cover_every_status_and_every_machine_has_illegal_moves():
     assert STEP_MACHINE.states == set(StepStatus.values)
     assert GATE_MACHINE.states == set(GateStatus.values)
     assert ReportJob.MACHINE.states == set(ReportJob.Status.values)
+    assert CHANGE_REQUEST_MACHINE.states == set(ChangeRequestStatus.values)
     for machine, _ in MACHINES.values():
         assert machine.illegal_moves(), machine.name
 
