@@ -219,7 +219,8 @@ def propose_policy_publish(
     """Propose publishing the policy's draft (source and enforcement) as a new version.
     Compiles it, runs its test cases with coverage and dry-runs it over the last `days`
     days first (outside any transaction): a compile error raises PolicyCompileError, a
-    failing test case PolicyTestFailure (audited as a refused proposal), a draft identical
+    failing test case PolicyTestFailure and test cases without a denying and a passing one
+    PolicyTestsMissing (both audited as a refused proposal), a draft identical
     to the current version PolicyUnchanged."""
     now = now or timezone.now()
     kind = ChangeRequestKind.POLICY_PUBLISH
@@ -232,6 +233,20 @@ def propose_policy_publish(
             f"nothing to publish: the draft of {snapshot.name} is the same as "
             f"version {previous.number}"
         )
+    missing = policies.missing_test_kinds(source, cases)
+    if missing:
+        with transaction.atomic():
+            audit.record(
+                actor,
+                "change_request.propose",
+                snapshot,
+                outcome=Outcome.FAILURE,
+                at=now,
+                kind=kind,
+                reason="test cases missing",
+                missing=missing,
+            )
+        raise policies.PolicyTestsMissing(snapshot.name, missing)
     rego.compile_policy(source)
     suite = rego.run_test_suite(source, cases) if cases else {"results": [], "coverage": None}
     results = suite["results"]

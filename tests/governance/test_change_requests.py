@@ -3,9 +3,11 @@ environment takes effect only when a second person with the same permission appr
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from governance import change_requests, policies
+from governance import change_requests, policies, rego
 from governance.change_requests import (
     ChangeRequestConflict,
     ChangeRequestInvalid,
@@ -34,10 +36,20 @@ deny contains msg if {
 SOURCE_V2 = SOURCE.replace('!= "main"', 'in {"dev", "wip"}')
 
 
+def case(name, branch, deny):
+    doc = json.loads(json.dumps(rego.demo_policies()[0]["tests"][0]["input"]))
+    doc["run"]["parameters"]["branch"] = branch
+    return {"name": name, "input": doc, "expect": {"deny": deny}}
+
+
+# Publishing needs a denying and a passing case (policies.missing_test_kinds).
+CASES = [case("dev is refused", "dev", ["branch dev is not main"]), case("main passes", "main", [])]
+
+
 @pytest.fixture
 def draft(make_policy, policy_admin):
     policy = make_policy("branch", SOURCE)
-    return policies.save_draft(policy, actor=policy_admin, source=SOURCE_V2)
+    return policies.save_draft(policy, actor=policy_admin, source=SOURCE_V2, test_cases=CASES)
 
 
 def test_a_publication_waits_for_a_second_policy_admin(draft, policy_admin, second_policy_admin):

@@ -384,7 +384,11 @@ def test_publish_creates_the_next_version(editor, policy, second_policy_admin):
 
 
 def test_the_proposer_is_refused_on_the_review_page(editor, policy):
-    editor.post(f"/policies/{policy.pk}/", form(SOURCE_V2, action="publish"))
+    cases = [
+        case("2.0.1 is refused", "2.0.1", ["version 2.0.1 is withdrawn"]),
+        case("1.0.0 passes", "1.0.0", []),
+    ]
+    editor.post(f"/policies/{policy.pk}/", form(SOURCE_V2, action="publish", cases=cases))
     proposed = ChangeRequest.objects.get()
     page = editor.get(f"/change-requests/{proposed.pk}/").content.decode()
     assert 'id="cr-review-form"' not in page and "Withdraw" in page
