@@ -142,7 +142,7 @@ def recipient_users(gate: Gate, kind: str) -> list:
     override, when a soft-mandatory denial holds it); for a decision, also the person who
     triggered the run. Users who opted out of this kind are left out."""
     run = gate.stage_run.run
-    users = list(eligible_approvers(gate, run))
+    users = list(eligible_approvers(gate, run, with_delegates=True))
     held_by_soft_denial = gate.decisions.filter(
         current=True, enforcement=Enforcement.SOFT_MANDATORY, result__in=("deny", "error")
     ).exists()
