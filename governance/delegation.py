@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
@@ -145,7 +146,7 @@ def create_delegation(
     try:
         with transaction.atomic():
             # One delegator's changes one at a time (the overlap check holds under races).
-            type(delegator).objects.select_for_update().filter(pk=delegator.pk).first()
+            get_user_model().objects.select_for_update().filter(pk=delegator.pk).first()
             _check_new(actor, delegator, delegate, starts_at, ends_at, now)
             delegation = Delegation.objects.create(
                 delegator=delegator,
