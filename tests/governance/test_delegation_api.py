@@ -74,3 +74,54 @@ def test_naming_a_delegator_who_gave_no_delegation_is_refused(soft_gate, delegat
     assert response.status_code == 403
     assert response.json()["rule"] == "delegation"
     assert not Approval.objects.exists()
+
+
+# --- /api/v1/delegations/ -------------------------------------------------------------
+
+
+def _period(days=2):
+    now = timezone.now()
+    return {"starts_at": now.isoformat(), "ends_at": (now + timedelta(days=days)).isoformat()}
+
+
+# role -> (list status, create status, revoke sam's delegation status)
+DELEGATIONS_TABLE = {
+    "approver": (200, 201, 200),  # sam: his own
+    "second_approver": (200, 201, 404),  # sara: may delegate hers, not revoke sam's
+    "viewer": (200, 400, 404),  # approves nowhere: nothing to delegate
+    "outsider": (200, 400, 404),
+}
+
+
+@pytest.mark.parametrize("role", DELEGATIONS_TABLE)
+def test_delegation_endpoints_by_role(users, production, make_user, approver, api, role):
+    colleague = make_user("colin", "viewer")
+    sams = create_delegation(
+        actor=approver,
+        delegate=colleague,
+        starts_at=timezone.now() + timedelta(days=10),
+        ends_at=timezone.now() + timedelta(days=11),
+    )
+    client = api(users[role])
+    listed = client.get("/api/v1/delegations/")
+    created = client.post(
+        "/api/v1/delegations/", {"delegate": "colin", **_period(), "reason": "away"}, format="json"
+    )
+    revoked = client.post(f"/api/v1/delegations/{sams.pk}/revoke/")
+    got = (listed.status_code, created.status_code, revoked.status_code)
+    assert got == DELEGATIONS_TABLE[role], (created.json(), revoked.content)
+    if created.status_code == 201:
+        body = created.json()
+        assert body["delegate"] == "colin" and body["in_force"] is True
+    if role == "approver":
+        assert {d["delegate"] for d in client.get("/api/v1/delegations/").json()["results"]} == {
+            "colin"
+        }
+
+
+def test_self_delegation_over_the_api_is_refused(approver, production, api):
+    response = api(approver).post(
+        "/api/v1/delegations/", {"delegate": "sam", **_period()}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["rule"] == "self-delegation"
