@@ -210,6 +210,15 @@ def explain(gate: Gate, run: Run, user, rules: list[dict], now: datetime) -> Non
     gate.approve_refusal = ""
     if waiting and gate.my_decision is None:
         gate.approve_refusal = approve_refusal(gate, run, user, rules)
+    gate.acting_for = None
+    if waiting and gate.my_decision is None and gate.approve_refusal and gate.standing_in:
+        # A delegate: whether they may decide for someone they stand in for needs the
+        # delegators' rights, so here (only for them) governance.gates decides with queries.
+        principal, problem = gate_rules.approval_principal(gate, run, user, now=now)
+        if problem is None:
+            gate.approve_refusal, gate.acting_for = "", principal
+        elif problem.rule not in ("permission", "eligibility"):
+            gate.approve_refusal = problem.message[0].upper() + problem.message[1:] + "."
     gate.can_decide = waiting and gate.my_decision is None and not gate.approve_refusal
     gate.override_refusal = override_refusal(gate, run) if waiting else ""
     possible = waiting and bool(gate.denials_to_pass) and not gate.override_refusal

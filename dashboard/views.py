@@ -35,6 +35,7 @@ from governance.models import (
     Approval,
     ApprovalDecision,
     ApprovalRule,
+    Delegation,
     Enforcement,
     Environment,
     Gate,
@@ -600,7 +601,10 @@ def gate_panel_context(user, run: Run) -> dict:
         Gate.objects.filter(stage_run__run=run)
         .select_related("environment", "stage_run")
         .annotate(
-            may_approve=_may(user, "approve", Gate), may_override=_may(user, "override", Gate)
+            may_approve=_may(user, "approve", Gate),
+            may_override=_may(user, "override", Gate),
+            # Does the user stand in for someone now (a delegation)? In the same query.
+            standing_in=Exists(Delegation.objects.active().filter(delegate_id=user.pk)),
         )
         .prefetch_related(
             Prefetch(
@@ -610,7 +614,11 @@ def gate_panel_context(user, run: Run) -> dict:
                 .order_by("policy_version__policy__name"),
                 to_attr="current_decisions",
             ),
-            Prefetch("approvals", Approval.objects.select_related("user"), to_attr="all_approvals"),
+            Prefetch(
+                "approvals",
+                Approval.objects.select_related("user", "on_behalf_of"),
+                to_attr="all_approvals",
+            ),
             Prefetch("overrides", Override.objects.select_related("user"), to_attr="all_overrides"),
         )
         .order_by("created_at", "pk")
@@ -762,7 +770,7 @@ def _gate_for(request, run: Run, gate_id: int) -> Gate:
 def gate_decide(request, run_id: int, gate_id: int):
     run = _run_or_404(request, run_id)
     gate = _gate_for(request, run, gate_id)
-    if not can(request.user, "approve", gate):
+    if not can(request.user, "approve", gate) and not gate_rules.delegators_of(request.user):
         raise PermissionDenied("you may not approve deployments to this environment")
     form = GateDecisionForm(request.POST)
     if not form.is_valid():

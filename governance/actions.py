@@ -112,10 +112,16 @@ def approve_gate(
     comment: str = "",
     now: datetime | None = None,
     seen_hash: str | None = None,
+    on_behalf_of=None,
 ) -> Approval:
     """Approve a waiting gate. The approval records what the approver saw (`seen_hash`);
     when a client passes the seen_hash it displayed and the gate changed since, the approval
     is refused (409) so nobody approves something they have not seen.
+
+    A delegate (governance.delegation) approves for the approver they stand in for — the
+    one named by `on_behalf_of`, or, when their own rights do not let them, the first one
+    whose rights do: the approval records `on_behalf_of` and counts with the delegator's
+    groups. Separation of duties applies to the delegate and to the delegator.
 
     Raises GateRefused (not permitted, not in an approval group, separation of duties — the
     attempt is audited as denied), GateConflict (gate not waiting, already decided)."""
@@ -124,9 +130,12 @@ def approve_gate(
     try:
         with run_actions.transition():
             run, gate = _lock(gate)
-            problem = gates.approve_problem(gate, run, actor)
+            principal, problem = gates.approval_principal(
+                gate, run, actor, on_behalf_of=on_behalf_of, now=now
+            )
             if problem:
                 raise problem
+            voter = principal or actor
             try:
                 current = gates.current_seen_hash(gate, now)
             except gates.GateInputError as exc:
@@ -141,9 +150,10 @@ def approve_gate(
                     approval = Approval.objects.create(
                         gate=gate,
                         user=actor,
+                        on_behalf_of=principal,
                         decision=ApprovalDecision.APPROVE,
                         comment=comment,
-                        groups=sorted(actor.groups.values_list("name", flat=True)),
+                        groups=sorted(voter.groups.values_list("name", flat=True)),
                         seen_hash=current,
                         created_at=now,
                         expires_at=(
@@ -163,6 +173,7 @@ def approve_gate(
                 at=now,
                 comment=comment,
                 approval=approval.pk,
+                **_on_behalf(principal),
                 seen_hash=current,
                 expires_at=approval.expires_at.isoformat() if approval.expires_at else None,
                 environment=gate.environment.name,
@@ -175,24 +186,41 @@ def approve_gate(
             # (events.batch sends one gate.updated per gate and transaction).
             events.publish_gate(gate, run)
     except GateRefused as exc:
-        _refused(actor, "gate.approve", gate, exc, now, comment=comment)
+        extra = {"on_behalf_of": on_behalf_of.get_username()} if on_behalf_of else {}
+        _refused(actor, "gate.approve", gate, exc, now, comment=comment, **extra)
         raise
     return approval
 
 
-def reject_gate(gate: Gate, *, actor, comment: str, now: datetime | None = None) -> Approval:
+def _who(actor, principal) -> str:
+    """ "sara", or "sara for sam" for a delegate's decision."""
+    name = actor.get_username()
+    return f"{name} for {principal.get_username()}" if principal is not None else name
+
+
+def _on_behalf(principal) -> dict:
+    """The audit detail of a decision a delegate made for `principal` (none for one's own)."""
+    return {"on_behalf_of": principal.get_username()} if principal is not None else {}
+
+
+def reject_gate(
+    gate: Gate, *, actor, comment: str, now: datetime | None = None, on_behalf_of=None
+) -> Approval:
     """Reject a waiting gate with a comment: the gate becomes REJECTED, the stage blocked and
     the run ends "blocked" with the rejection as its reason. An approver who approved earlier
     may change their mind (their approval is voided). Separation of duties does not apply:
-    stopping a change is always allowed to those who may approve."""
+    stopping a change is always allowed to those who may approve — and to whoever stands in
+    for one of them (a delegation), recorded as on their behalf."""
     now = now or timezone.now()
     comment = (comment or "").strip()
     try:
         with run_actions.transition():
             run, gate = _lock(gate)
-            problem = gates.eligibility_problem(gate, actor) or gates.state_problem(gate, run)
+            principal, problem = gates.acting_for(gate, actor, on_behalf_of=on_behalf_of, now=now)
+            problem = problem or gates.state_problem(gate, run)
             if problem:
                 raise problem
+            voter = principal or actor
             if not comment:
                 raise GateInvalid("a rejection needs a comment that says why", rule="comment")
             mine = gate.approvals.filter(user=actor, void=False).first()
@@ -206,9 +234,10 @@ def reject_gate(gate: Gate, *, actor, comment: str, now: datetime | None = None)
             rejection = Approval.objects.create(
                 gate=gate,
                 user=actor,
+                on_behalf_of=principal,
                 decision=ApprovalDecision.REJECT,
                 comment=comment,
-                groups=sorted(actor.groups.values_list("name", flat=True)),
+                groups=sorted(voter.groups.values_list("name", flat=True)),
                 seen_hash=gate.seen_hash,
                 created_at=now,
             )
@@ -219,6 +248,7 @@ def reject_gate(gate: Gate, *, actor, comment: str, now: datetime | None = None)
                 at=now,
                 comment=comment,
                 approval=rejection.pk,
+                **_on_behalf(principal),
                 environment=gate.environment.name,
                 run=run.pk,
                 stage=gate.stage_run.name,
@@ -226,7 +256,7 @@ def reject_gate(gate: Gate, *, actor, comment: str, now: datetime | None = None)
             lifecycle.gate(
                 gate,
                 GateStatus.REJECTED,
-                reason=f"rejected by {actor.get_username()}: {comment}",
+                reason=f"rejected by {_who(actor, principal)}: {comment}",
                 run=run,
                 now=now,
                 actor=actor,

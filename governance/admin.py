@@ -21,6 +21,7 @@ from .models import (
     AuditCheckpoint,
     AuditEvent,
     AuditStreamCursor,
+    Delegation,
     Environment,
     Gate,
     NotificationChannel,
@@ -447,7 +448,7 @@ class GateAdmin(ReadOnlyAdmin):
 
 @admin.register(Approval)
 class ApprovalAdmin(ReadOnlyAdmin):
-    list_display = ("id", "gate", "user", "decision", "void", "created_at")
+    list_display = ("id", "gate", "user", "on_behalf_of", "decision", "void", "created_at")
     list_filter = ("decision", "void")
 
     def get_queryset(self, request):
@@ -528,6 +529,17 @@ class NotificationChannelAdmin(admin.ModelAdmin):
 @admin.register(NotificationPreference)
 class NotificationPreferenceAdmin(admin.ModelAdmin):
     list_display = ("user", "email", "events")
+
+
+@admin.register(Delegation)
+class DelegationAdmin(ReadOnlyAdmin):
+    """Delegations (out of office), read-only: they are set and revoked through
+    governance.delegation (the preferences page, the API), which audits them."""
+
+    list_display = ("delegator", "delegate", "starts_at", "ends_at", "revoked_at", "reason")
+    list_filter = ("revoked_at",)
+    search_fields = ("delegator__username", "delegate__username")
+    ordering = ("-starts_at",)
 
 
 @admin.register(NotificationDelivery)

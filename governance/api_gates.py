@@ -6,6 +6,7 @@ the rule that refused. Decisions go through the verbs in governance.actions.
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Prefetch
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import viewsets
@@ -38,6 +39,16 @@ _ERRORS = {
 
 def _error(exc: gates.GateError) -> Response:
     return Response({"message": exc.message, "rule": exc.rule}, status=exc.status_code)
+
+
+def _named(username: str | None):
+    """The user `on_behalf_of` names (None when not given). An unknown name is refused like
+    a name that gave no delegation: the verb audits and answers 403 either way."""
+    name = (username or "").strip()
+    if not name:
+        return None
+    User = get_user_model()
+    return User.objects.filter(username=name).first() or User(username=name, pk=-1)
 
 
 class GateViewSet(viewsets.GenericViewSet):
@@ -89,6 +100,7 @@ class GateViewSet(viewsets.GenericViewSet):
                 actor=request.user,
                 comment=body.validated_data["comment"],
                 seen_hash=body.validated_data.get("seen_hash") or None,
+                on_behalf_of=_named(body.validated_data.get("on_behalf_of")),
             )
         except gates.GateError as exc:
             return _error(exc)
@@ -103,7 +115,12 @@ class GateViewSet(viewsets.GenericViewSet):
         body = RejectRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            actions.reject_gate(gate, actor=request.user, comment=body.validated_data["comment"])
+            actions.reject_gate(
+                gate,
+                actor=request.user,
+                comment=body.validated_data["comment"],
+                on_behalf_of=_named(body.validated_data.get("on_behalf_of")),
+            )
         except gates.GateError as exc:
             return _error(exc)
         return self._detail(gate)

@@ -1,5 +1,12 @@
 """Who may decide a gate: approvals attributed to the environment's rules (a maximum
-bipartite matching), separation of duties, eligibility and the state a decision needs."""
+bipartite matching), separation of duties, eligibility and the state a decision needs.
+
+Delegation (governance.delegation): while a Delegation is in force, its delegate may decide
+with the delegator's rights — the delegator's approve permission and approval groups — on
+gates the delegate can see. Separation of duties applies to both: the delegate (the person
+acting) and the delegator (whose vote it is) must each be allowed to approve the run. One
+person still decides once per gate, and the delegator's vote counts once: the delegator
+and their delegate cannot both approve the same gate. Delegations do not chain."""
 
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from orchestrator.models import PipelineVersion, Run, StageRun, StageStatus
 
 from . import identity
 from .errors import GateConflict, GateError, GateRefused
-from .models import Approval, ApprovalDecision, Environment, Gate, GateStatus
+from .models import Approval, ApprovalDecision, Delegation, Environment, Gate, GateStatus
 from .permissions import can
 
 
@@ -199,8 +206,22 @@ def rule_groups(environment: Environment) -> list[str]:
     )
 
 
-def eligibility_problem(gate: Gate, user) -> GateRefused | None:
-    """Why `user` may not approve or reject gates like `gate` (permission, rule groups)."""
+def delegators_of(user, now=None) -> list:
+    """The people `user` stands in for now (delegations in force), by username."""
+    if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
+        return []
+    return [
+        d.delegator
+        for d in Delegation.objects.active(now)
+        .filter(delegate=user)
+        .select_related("delegator")
+        .order_by("delegator__username")
+    ]
+
+
+def _own_eligibility(gate: Gate, user) -> GateRefused | None:
+    """Why `user`'s own rights do not let them decide gates like `gate` (permission, rule
+    groups)."""
     name = user.get_username() if user is not None else "anonymous"
     env = gate.environment
     if not can(user, "approve", gate):
@@ -223,6 +244,72 @@ def eligibility_problem(gate: Gate, user) -> GateRefused | None:
     return None
 
 
+def _delegated_eligibility(gate: Gate, user, delegator) -> GateRefused | None:
+    """Why `user` may not decide `gate` with `delegator`'s rights (a delegation in force
+    is assumed): the delegator's own eligibility, and the delegate must see the gate."""
+    problem = _own_eligibility(gate, delegator)
+    if problem:
+        return GateRefused(
+            f"{user.get_username()} cannot decide for {delegator.get_username()}: "
+            f"{problem.message}",
+            rule=problem.rule,
+        )
+    if not can(user, "view", gate):
+        return GateRefused(
+            f"{user.get_username()} may not see the pipeline of this gate, so cannot decide "
+            f"it for {delegator.get_username()}",
+            rule="permission",
+        )
+    return None
+
+
+def _principals(gate: Gate, user, on_behalf_of, now) -> list | GateRefused:
+    """Whose rights `user` may decide `gate` with, in the order they are tried: None (their
+    own) first, then each delegator; only `on_behalf_of` when it is given."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return [None]
+    delegators = delegators_of(user, now)
+    if on_behalf_of is None:
+        return [None, *delegators]
+    if on_behalf_of.pk == user.pk:
+        return [None]
+    match = [d for d in delegators if d.pk == on_behalf_of.pk]
+    if not match:
+        return GateRefused(
+            f"{user.get_username()} holds no delegation from {on_behalf_of.get_username()} "
+            f"in force now, so cannot decide for them",
+            rule="delegation",
+        )
+    return match
+
+
+def _eligibility(gate: Gate, user, principal) -> GateRefused | None:
+    if principal is None:
+        return _own_eligibility(gate, user)
+    return _delegated_eligibility(gate, user, principal)
+
+
+def acting_for(gate: Gate, user, *, on_behalf_of=None, now=None) -> tuple[Any, GateRefused | None]:
+    """(principal, problem) for deciding `gate` without the separation-of-duties rules
+    (rejecting): principal None = on their own rights, a user = for that delegator."""
+    principals = _principals(gate, user, on_behalf_of, now)
+    if isinstance(principals, GateRefused):
+        return None, principals
+    first = None
+    for principal in principals:
+        problem = _eligibility(gate, user, principal)
+        if problem is None:
+            return principal, None
+        first = first or problem
+    return None, first
+
+
+def eligibility_problem(gate: Gate, user, *, on_behalf_of=None, now=None) -> GateRefused | None:
+    """Why `user` may not approve or reject gates like `gate` (permission, rule groups) —
+    neither on their own rights nor for someone they stand in for."""
+    return acting_for(gate, user, on_behalf_of=on_behalf_of, now=now)[1]
+
+
 def state_problem(gate: Gate, run: Run) -> GateConflict | None:
     """Why `gate` cannot take a decision now, or None while it is waiting."""
     if gate.status != GateStatus.WAITING:
@@ -242,29 +329,91 @@ def state_problem(gate: Gate, run: Run) -> GateConflict | None:
     return None
 
 
-def approve_problem(gate: Gate, run: Run, user) -> GateError | None:
-    """Why `user` may not approve `gate` now (the first rule that refuses), or None."""
-    problem = eligibility_problem(gate, user)
-    if problem:
-        return problem
-    sod = sod_violation(run, user, environment=gate.environment)
-    if sod:
-        return GateRefused(sod, rule="separation-of-duties")
-    problem = state_problem(gate, run)
-    if problem:
-        return problem
-    existing = gate.approvals.filter(user=user, void=False).first()
-    if existing:
-        verb = "approved" if existing.decision == ApprovalDecision.APPROVE else "rejected"
-        return GateConflict(
-            f"{user.get_username()} already {verb} gate {gate.pk}", rule="duplicate"
+def _sod_for(run: Run, user, principal, environment) -> str | None:
+    sod = sod_violation(run, user, environment=environment)
+    if sod or principal is None:
+        return sod
+    theirs = sod_violation(run, principal, environment=environment)
+    if theirs:
+        return (
+            f"separation of duties: {user.get_username()} would approve for "
+            f"{principal.get_username()}, and {theirs.removeprefix('separation of duties: ')} "
+            f"(a delegation never passes separation of duties)"
         )
     return None
 
 
-def eligible_approvers(gate: Gate, run: Run | None = None) -> list:
+def _duplicate(gate: Gate, user, principal) -> GateConflict | None:
+    live = list(
+        gate.approvals.filter(void=False).select_related("user", "on_behalf_of").order_by("pk")
+    )
+
+    def verb(a: Approval) -> str:
+        return "approved" if a.decision == ApprovalDecision.APPROVE else "rejected"
+
+    for a in live:
+        if a.user_id == user.pk:
+            return GateConflict(
+                f"{user.get_username()} already {verb(a)} gate {gate.pk}"
+                + (f" for {a.on_behalf_of.get_username()}" if a.on_behalf_of_id else ""),
+                rule="duplicate",
+            )
+    # The vote of one person counts once, cast by them or by their delegate.
+    voter = principal or user
+    for a in live:
+        if a.on_behalf_of_id == voter.pk or (principal is not None and a.user_id == voter.pk):
+            by = a.user.get_username()
+            return GateConflict(
+                f"{voter.get_username()}'s decision on gate {gate.pk} was already given "
+                f"({by} {verb(a)}"
+                + (f" for {voter.get_username()})" if a.user_id != voter.pk else ")"),
+                rule="duplicate",
+            )
+    return None
+
+
+def approval_principal(
+    gate: Gate, run: Run, user, *, on_behalf_of=None, now=None
+) -> tuple[Any, GateError | None]:
+    """(principal, problem) of approving `gate` now: principal None = on `user`'s own
+    rights, a user = for that delegator. The first rule that refuses, in this order:
+    permission and rule group, separation of duties (of `user`, and of the delegator),
+    state, duplicate. When `user` may act both ways, their own rights come first."""
+    principals = _principals(gate, user, on_behalf_of, now)
+    if isinstance(principals, GateRefused):
+        return None, principals
+    first: GateError | None = None
+    for principal in principals:
+        problem: GateError | None = _eligibility(gate, user, principal)
+        if problem is None:
+            sod = _sod_for(run, user, principal, gate.environment)
+            if sod:
+                problem = GateRefused(sod, rule="separation-of-duties")
+        if problem is None:
+            problem = state_problem(gate, run)
+        if problem is None:
+            problem = _duplicate(gate, user, principal)
+        if problem is None:
+            return principal, None
+        # Prefer the refusal of a way the user was eligible for (it says more).
+        if first is None or (
+            first.rule in ("permission", "eligibility")
+            and problem.rule not in ("permission", "eligibility")
+        ):
+            first = problem
+    return None, first
+
+
+def approve_problem(gate: Gate, run: Run, user, *, on_behalf_of=None, now=None) -> GateError | None:
+    """Why `user` may not approve `gate` now (the first rule that refuses), or None."""
+    return approval_principal(gate, run, user, on_behalf_of=on_behalf_of, now=now)[1]
+
+
+def eligible_approvers(gate: Gate, run: Run | None = None, *, with_delegates: bool = False) -> list:
     """Active users who may approve `gate`: in one of its rule groups, holding the approve
-    permission, and not excluded by separation of duties."""
+    permission, and not excluded by separation of duties. `with_delegates`: also whoever
+    stands in for one of them now (a delegation in force), when separation of duties lets
+    them and they can see the gate (notifications)."""
     run = run or gate.stage_run.run
     groups = rule_groups(gate.environment)
     if not groups:
@@ -274,11 +423,30 @@ def eligible_approvers(gate: Gate, run: Run | None = None) -> list:
     candidates = (
         User.objects.filter(is_active=True, groups__name__in=groups).distinct().order_by("username")
     )
-    return [
+    eligible = [
         u
         for u in candidates
         if sod_violation(run, u, environment=gate.environment) is None and can(u, "approve", gate)
     ]
+    if not with_delegates or not eligible:
+        return eligible
+    seen = {u.pk for u in eligible}
+    delegations = (
+        Delegation.objects.active()
+        .filter(delegator__in=[u.pk for u in eligible])
+        .select_related("delegate")
+        .order_by("delegate__username")
+    )
+    for d in delegations:
+        delegate = d.delegate
+        if delegate.pk in seen:
+            continue
+        if sod_violation(run, delegate, environment=gate.environment) is None and can(
+            delegate, "view", gate
+        ):
+            seen.add(delegate.pk)
+            eligible.append(delegate)
+    return eligible
 
 
 def overriders(gate: Gate) -> list:

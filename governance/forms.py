@@ -21,6 +21,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from . import change_requests, policies
 from .models import Enforcement, Environment, FreezeMode, Outcome, Tier
+from .notifications import KIND_LABELS as NOTIFICATION_KIND_LABELS
 from .notifications import KINDS as NOTIFICATION_KINDS
 
 DRY_RUN_DAYS = [(7, "7 days"), (30, "30 days"), (90, "90 days")]
@@ -549,7 +550,7 @@ class NotificationPreferenceForm(forms.Form):
     email = forms.BooleanField(required=False, label="E-mail me")
     events = forms.MultipleChoiceField(
         required=False,
-        choices=[(k, k.replace("_", " ")) for k in NOTIFICATION_KINDS],
+        choices=[(k, NOTIFICATION_KIND_LABELS.get(k, k)) for k in NOTIFICATION_KINDS],
         widget=forms.CheckboxSelectMultiple,
         label="Notify me of (none ticked: all)",
     )
@@ -569,3 +570,44 @@ class NotificationPreferenceForm(forms.Form):
                 "workflows://host/workflow/signature or jsons://host/path"
             )
         return url
+
+
+class DelegationForm(forms.Form):
+    """Out of office: who decides in my place, from when to when (UTC). The rules (no
+    self-delegation, no overlap, a future end) are the verb's: governance.delegation."""
+
+    delegate = forms.CharField(
+        max_length=150, label="Colleague (username)", help_text="who decides in your place"
+    )
+    starts_at = forms.DateTimeField(
+        label="From (UTC)",
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    ends_at = forms.DateTimeField(
+        label="Until (UTC)",
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    reason = forms.CharField(max_length=200, required=False, label="Reason (optional)")
+
+    def clean_delegate(self):
+        from django.contrib.auth import get_user_model
+
+        name = self.cleaned_data["delegate"].strip()
+        user = get_user_model().objects.filter(username__iexact=name, is_active=True).first()
+        if user is None:
+            raise forms.ValidationError(f"no active user is called {name!r}: check the username")
+        return user
+
+    def _utc(self, field: str):
+        value = self.cleaned_data[field]
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value is not None else None
+
+    def clean_starts_at(self):
+        return self._utc("starts_at")
+
+    def clean_ends_at(self):
+        return self._utc("ends_at")

@@ -296,35 +296,77 @@ BLOCKING_RESULTS = ("deny", "error")
 class GateQuerySet(RestrictedQuerySet):
     """The read rules of gates, each written once (pages, API, badge and notifications)."""
 
+    def _waiting_parts(self, user, now=None) -> list[tuple]:
+        """(principal, queryset) pairs whose union is waiting_for(user): principal None for
+        the user's own rights, then one per delegator they stand in for now (a delegation in
+        force: the delegator's permission and groups, gates the delegate can see, neither
+        of them triggered, last edited or decided it)."""
+        own = self._waiting_as(user, user, [user])
+        if not (user and user.is_authenticated and user.is_active):
+            return [(None, own)]
+        parts = [(None, own)]
+        delegations = (
+            Delegation.objects.active(now).filter(delegate=user).select_related("delegator")
+        )
+        for d in delegations.order_by("delegator__username"):
+            qs = self._waiting_as(d.delegator, user, [user, d.delegator]).filter(
+                pk__in=self.model.objects.restrict(user, "view").values("pk")
+            )
+            parts.append((d.delegator, qs))
+        return parts
+
+    def _waiting_as(self, holder, user, people) -> models.QuerySet:
+        """Waiting gates `holder`'s rights decide, none of `people` triggered, last edited or
+        decided (or had decided for them)."""
+        groups = holder.groups.all() if holder is not None and holder.is_authenticated else []
+        ruled = ApprovalRule.objects.filter(group__in=groups).values("environment_id")
+        escalated = GateEscalation.objects.filter(backup_group__in=groups).values("gate_id")
+        ids = [p.pk for p in people if p is not None and p.pk is not None]
+        decided = Approval.objects.filter(void=False).filter(
+            models.Q(user__in=ids) | models.Q(on_behalf_of__in=ids)
+        )
+        return (
+            self.restrict(holder, "approve")
+            .filter(status=GateStatus.WAITING)
+            .filter(models.Q(environment_id__in=ruled) | models.Q(pk__in=escalated))
+            .exclude(stage_run__run__triggered_by__in=ids)
+            .exclude(stage_run__run__version__author__in=ids)
+            .exclude(pk__in=decided.values("gate_id"))
+        )
+
     def waiting_for(self, user) -> models.QuerySet:
         """Waiting gates `user` can still act on — the approvals inbox and its badge: of
         environments they may approve, in pipelines they may view, with a rule of one of
         their groups (or escalated to one of them), not triggered or last edited by them,
-        and not decided by them yet. Subqueries, not joins: one row per gate."""
-        groups = user.groups.all()
-        ruled = ApprovalRule.objects.filter(group__in=groups).values("environment_id")
-        escalated = GateEscalation.objects.filter(backup_group__in=groups).values("gate_id")
-        decided = Approval.objects.filter(user=user, void=False).values("gate_id")
-        return (
-            self.restrict(user, "approve")
-            .filter(status=GateStatus.WAITING)
-            .filter(models.Q(environment_id__in=ruled) | models.Q(pk__in=escalated))
-            .exclude(stage_run__run__triggered_by=user)
-            .exclude(stage_run__run__version__author=user)
-            .exclude(pk__in=decided)
-        )
+        and not decided by them yet — plus the same for each approver they stand in for
+        (Delegation). Subqueries, not joins: one row per gate."""
+        parts = self._waiting_parts(user)
+        if len(parts) == 1:
+            return parts[0][1]
+        match = models.Q()
+        for _, qs in parts:
+            match |= models.Q(pk__in=qs.values("pk"))
+        return self.filter(match)
 
     def decidable_by(self, user) -> models.QuerySet:
-        """waiting_for(user), less the gates whose `author` parameter names `user`
-        (separation of duties; the rules that need more than a query — earlier editors, the
-        triggerers of a retried run — are applied when they approve)."""
-        qs = self.waiting_for(user)
-        # The author parameter is free text: compare in Python on the (small) waiting set.
-        ids = [
-            pk
-            for pk, author in qs.values_list("pk", "stage_run__run__parameters__author").distinct()
-            if not (isinstance(author, str) and identity.names_person(author, user))
-        ]
+        """waiting_for(user), less the gates whose `author` parameter names `user` (or, for a
+        gate they would decide for a delegator, the delegator): separation of duties; the
+        rules that need more than a query — earlier editors, the triggerers of a retried run
+        — are applied when they approve."""
+        ids: set[int] = set()
+        for principal, qs in self._waiting_parts(user):
+            people = [user] if principal is None else [user, principal]
+            # The author parameter is free text: compare in Python on the (small) waiting set.
+            ids.update(
+                pk
+                for pk, author in qs.values_list(
+                    "pk", "stage_run__run__parameters__author"
+                ).distinct()
+                if not (
+                    isinstance(author, str)
+                    and any(identity.names_person(author, p) for p in people)
+                )
+            )
         return self.filter(pk__in=ids)
 
 
@@ -445,6 +487,11 @@ class Approval(models.Model):
 
     gate = models.ForeignKey(Gate, on_delete=models.CASCADE, related_name="approvals")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    # A decision a delegate (`user`, the person acting) made for an approver who is away
+    # (a Delegation): it counts with the delegator's groups and shows as "sara for sam".
+    on_behalf_of = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     decision = models.CharField(max_length=10, choices=ApprovalDecision.choices)
     comment = models.TextField(blank=True)
     groups = models.JSONField(default=list, blank=True)
@@ -467,6 +514,68 @@ class Approval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {self.decision} gate {self.gate_id}"
+
+
+class DelegationQuerySet(models.QuerySet):
+    def active(self, now=None) -> models.QuerySet:
+        """Delegations in force at `now`: started, not ended, not revoked, between active
+        users."""
+        now = now or timezone.now()
+        return self.filter(
+            revoked_at__isnull=True,
+            starts_at__lte=now,
+            ends_at__gt=now,
+            delegator__is_active=True,
+            delegate__is_active=True,
+        )
+
+
+class Delegation(models.Model):
+    """An approver away (out of office) lets a named colleague decide gates in their place
+    from `starts_at` to `ends_at`: while it is in force the delegate may approve or reject
+    what the delegator may, and each such decision records `on_behalf_of`. Separation of
+    duties still applies to both people (governance.approvers). Written only by the verbs of
+    governance.delegation; a revoked delegation stays for the record."""
+
+    delegator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="delegations_given"
+    )
+    delegate = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="delegations_held"
+    )
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    reason = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    objects = models.Manager.from_queryset(DelegationQuerySet)()
+
+    class Meta:
+        ordering = ["-starts_at", "-id"]
+        indexes = [models.Index(fields=["delegate", "ends_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(delegator=models.F("delegate")), name="delegation_not_to_self"
+            ),
+            models.CheckConstraint(
+                condition=Q(ends_at__gt=models.F("starts_at")), name="delegation_ends_after_start"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        period = f"{self.starts_at:%Y-%m-%d}–{self.ends_at:%Y-%m-%d}"
+        return f"{self.delegator} → {self.delegate} ({period})"
+
+    def in_force(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and self.starts_at <= now < self.ends_at
 
 
 class Override(models.Model):

@@ -1,9 +1,12 @@
 """Gate notifications: email (Django's email backend), channels addressed by apprise URLs,
 and the legacy Slack-compatible webhook of an environment.
 
-A gate that starts waiting tells its eligible approvers; a reminder follows after the
-environment's reminder_minutes; the decision (open, overridden, rejected, blocked) is
-announced the same way. Everything is sent from Celery tasks (governance/tasks.py) after
+A gate that starts waiting tells its eligible approvers (and whoever stands in for one of
+them: governance.delegation); a reminder follows after the environment's reminder_minutes;
+an escalation tells the backup group; the decision (open, overridden, rejected, timed out,
+blocked) is announced the same way; a run that passed a protected environment's gate and
+then failed ("run_failed") is told to the environment's channels and its triggerer.
+Everything is sent from Celery tasks (governance/tasks.py) after
 the gate's transaction commits, with retries and backoff. A failing channel never touches
 the gate: after the last retry the failure is logged and audited ("notification.failed").
 
@@ -59,7 +62,26 @@ KINDS = (
     "timed_out",
     "blocked",
     "change_request",  # a governance change request waits for you (not a gate's)
+    "run_failed",
 )
+
+# How each kind reads in the preference list.
+KIND_LABELS = {
+    "waiting": "a gate waits for your approval",
+    "reminder": "a reminder that a gate still waits",
+    "escalated": "a gate escalated to you (its SLA passed)",
+    "open": "a gate was approved",
+    "overridden": "a gate was overridden (break-glass)",
+    "rejected": "a gate was rejected",
+    "timed_out": "a gate waited too long and was rejected by the system",
+    "blocked": "a gate was blocked by policy",
+    "run_failed": "a run failed after passing the gate of a protected environment",
+    "change_request": "a governance change request waits for your review",
+}
+
+# Kinds about the run rather than the decision: told to the person who triggered it and to
+# the environment's channels, not to the approvers.
+RUN_KINDS = frozenset({"run_failed"})
 
 
 class WebhookError(Exception):
@@ -87,6 +109,25 @@ def schedule(gate: Gate, kind: str) -> None:
             logger.exception("could not queue the %s notification of gate %s", kind, gate_id)
 
     transaction.on_commit(send)
+
+
+def run_failed(run) -> int:
+    """A run that passed the gate of a protected environment (its stage there was allowed to
+    deploy) ended failed: tell that environment's channels and the person who triggered it,
+    once per such gate, after the run's transaction commits. Called by
+    orchestrator.actions.advance when a run becomes failed; returns how many gates told."""
+    passed = list(
+        Gate.objects.filter(
+            stage_run__run_id=run.pk,
+            status__in=(GateStatus.OPEN, GateStatus.OVERRIDDEN),
+            environment__protected=True,
+        )
+        .select_related("environment")
+        .order_by("pk")
+    )
+    for gate in passed:
+        schedule(gate, "run_failed")
+    return len(passed)
 
 
 def gate_url(gate: Gate) -> str:
@@ -120,6 +161,7 @@ def message(gate: Gate, kind: str) -> tuple[str, str]:
         "rejected": f"{what} was rejected",
         "timed_out": f"{what} waited too long and was rejected by the system",
         "blocked": f"{what} was blocked by policy",
+        "run_failed": f"{what} failed after passing its gate",
     }[kind]
     lines = [
         headline,
@@ -132,6 +174,8 @@ def message(gate: Gate, kind: str) -> tuple[str, str]:
     ]
     if gate.reason:
         lines.append(f"Reason: {gate.reason}")
+    if kind == "run_failed":
+        lines.append(f"Run status: {run.status}" + (f" ({run.reason})" if run.reason else ""))
     if kind == "overridden":
         for override in gate.overrides.select_related("user").order_by("created_at"):
             lines.append(f"Override by {override.user.get_username()}: {override.justification}")
@@ -142,9 +186,11 @@ def message(gate: Gate, kind: str) -> tuple[str, str]:
 def recipient_users(gate: Gate, kind: str) -> list:
     """Who a notification is for: the eligible approvers while the gate waits (and who may
     override, when a soft-mandatory denial holds it); for a decision, also the person who
-    triggered the run. Users who opted out of this kind are left out."""
+    triggered the run (only them for a run kind: run_failed). Whoever stands in for an
+    eligible approver (a delegation in force) is told too. Users who opted out of this kind
+    are left out."""
     run = gate.stage_run.run
-    users = list(eligible_approvers(gate, run))
+    users = [] if kind in RUN_KINDS else list(eligible_approvers(gate, run, with_delegates=True))
     held_by_soft_denial = gate.decisions.filter(
         current=True, enforcement=Enforcement.SOFT_MANDATORY, result__in=("deny", "error")
     ).exists()

@@ -33,11 +33,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from guardian.shortcuts import get_groups_with_perms, get_users_with_perms
 
-from . import audit, change_requests, checkpoints, notifications, policies, rego
+from . import audit, change_requests, checkpoints, delegation, notifications, policies, rego
 from .actions import EnvironmentChanged
 from .forms import (
     NEW_POLICY_SOURCE,
     AuditFilterForm,
+    DelegationForm,
     EnvironmentEditor,
     NotificationPreferenceForm,
     PolicyForm,
@@ -46,6 +47,7 @@ from .forms import (
 from .models import (
     ApprovalRule,
     AuditEvent,
+    Delegation,
     Environment,
     Gate,
     NotificationDelivery,
@@ -729,8 +731,74 @@ def notification_preferences(request):
             "form": form,
             "personal_channel": notifications.mask(pref.url) if pref and pref.url else "",
             "deliveries": deliveries,
+            **_delegation_context(request.user),
         },
     )
+
+
+def _delegation_context(user, form: DelegationForm | None = None) -> dict:
+    """The Delegation section: the user's delegations (given and held) that are in force or
+    to come, and the form to add one."""
+    now = timezone.now()
+    current = Delegation.objects.filter(revoked_at__isnull=True, ends_at__gt=now).select_related(
+        "delegator", "delegate"
+    )
+    return {
+        "delegation_form": form or DelegationForm(),
+        "delegations_given": list(current.filter(delegator=user).order_by("starts_at")),
+        "delegations_held": list(current.filter(delegate=user).order_by("starts_at")),
+        "now": now,
+    }
+
+
+@login_required
+@require_http_methods(["POST"])
+def delegation_create(request):
+    """Out of office: delegate the signed-in user's approvals (governance.delegation)."""
+    form = DelegationForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            delegation.create_delegation(
+                actor=request.user,
+                delegate=data["delegate"],
+                starts_at=data["starts_at"],
+                ends_at=data["ends_at"],
+                reason=data["reason"],
+            )
+        except delegation.DelegationError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(
+                request, f"{data['delegate'].get_username()} decides in your place in that period."
+            )
+            return redirect(reverse("governance:notification-preferences") + "#delegation")
+    pref = NotificationPreference.objects.filter(user=request.user).first()
+    initial = {"email": pref.email, "events": pref.events} if pref else {"email": True}
+    context = {
+        "form": NotificationPreferenceForm(initial=initial),
+        "personal_channel": notifications.mask(pref.url) if pref and pref.url else "",
+        "deliveries": NotificationDelivery.objects.filter(user=request.user)[:20],
+        **_delegation_context(request.user, form),
+    }
+    return render(request, "governance/notifications.html", context, status=400)
+
+
+@login_required
+@require_http_methods(["POST"])
+def delegation_revoke(request, pk: int):
+    """Revoke one of the signed-in user's delegations (a superuser: anyone's)."""
+    mine = Delegation.objects.select_related("delegate")
+    if not request.user.is_superuser:
+        mine = mine.filter(delegator=request.user)
+    row = get_object_or_404(mine, pk=pk)
+    try:
+        delegation.revoke_delegation(row, actor=request.user)
+    except delegation.DelegationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"The delegation to {row.delegate.get_username()} is revoked.")
+    return redirect(reverse("governance:notification-preferences") + "#delegation")
 
 
 urlpatterns: list = [
@@ -744,4 +812,6 @@ urlpatterns: list = [
     path("audit/", audit_log, name="audit"),
     path("audit/verify/", audit_verify, name="audit-verify"),
     path("notifications/", notification_preferences, name="notification-preferences"),
+    path("notifications/delegation/", delegation_create, name="delegation-create"),
+    path("notifications/delegation/<int:pk>/revoke/", delegation_revoke, name="delegation-revoke"),
 ]

@@ -52,7 +52,10 @@ class DecisionSerializer(serializers.Serializer):
 
 class ApprovalSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    user = serializers.CharField()
+    user = serializers.CharField(help_text="who decided (a delegate, for on_behalf_of)")
+    on_behalf_of = serializers.CharField(
+        allow_null=True, help_text="the approver a delegate decided for (a delegation), or null"
+    )
     decision = serializers.ChoiceField(ApprovalDecision.choices)
     comment = serializers.CharField(allow_blank=True)
     at = serializers.DateTimeField()
@@ -103,13 +106,25 @@ class GateDetailSerializer(GateSerializer):
     cannot_approve_reason = serializers.CharField(allow_null=True)
 
 
+ON_BEHALF_HELP = (
+    "the username of an approver you stand in for (a delegation in force); when left out, "
+    "your own rights are used, or the first delegator's whose rights let you decide"
+)
+
+
 class ApproveRequestSerializer(serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=4000)
     seen_hash = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    on_behalf_of = serializers.CharField(
+        required=False, allow_blank=True, max_length=150, help_text=ON_BEHALF_HELP
+    )
 
 
 class RejectRequestSerializer(serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=4000)
+    on_behalf_of = serializers.CharField(
+        required=False, allow_blank=True, max_length=150, help_text=ON_BEHALF_HELP
+    )
 
 
 class OverrideRequestSerializer(serializers.Serializer):
@@ -164,7 +179,9 @@ def gate_detail(gate: Gate, user) -> dict:
         .select_related("policy_version__policy")
         .order_by("policy_version__policy__name")
     )
-    approvals = list(gate.approvals.select_related("user").order_by("created_at", "pk"))
+    approvals = list(
+        gate.approvals.select_related("user", "on_behalf_of").order_by("created_at", "pk")
+    )
     overrides = list(gate.overrides.select_related("user").order_by("created_at", "pk"))
     live = [a for a in approvals if not a.void]
     progress = gates.approval_progress(env, live, gates.escalated_groups(gate))
@@ -220,6 +237,7 @@ def gate_detail(gate: Gate, user) -> dict:
             {
                 "id": a.pk,
                 "user": a.user.get_username(),
+                "on_behalf_of": a.on_behalf_of.get_username() if a.on_behalf_of else None,
                 "decision": a.decision,
                 "comment": a.comment,
                 "at": a.created_at,

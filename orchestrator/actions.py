@@ -28,7 +28,7 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from guardian.shortcuts import assign_perm
 
-from governance import audit, gates, secrets
+from governance import audit, gates, notifications, secrets
 from governance.models import Environment, Outcome
 
 from . import engine, events, lifecycle, spec
@@ -197,12 +197,17 @@ def advance(
     if not in_transition():
         raise RuntimeError("advance() runs inside transition(), with the run row locked")
     check = functools.partial(_check_gate, actor=actor)
+    was_failed = run.status == RunStatus.FAILED
     outcome = engine.advance(
         run, gate_check=check, now=now, stages=stages, steps=steps, claim_for=claim_for
     )
     dispatch_after_commit(outcome)
     if run.is_terminal:
         _remove_workspace_after_commit(run)
+        if run.status == RunStatus.FAILED and not was_failed:
+            # Past a protected environment's gate: its channels and the triggerer are told
+            # (queued after commit; a lost notification never holds the run).
+            notifications.run_failed(run)
     return outcome
 
 

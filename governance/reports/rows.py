@@ -69,7 +69,10 @@ def _annotated_changes(qs: QuerySet) -> QuerySet:
 
 def _gates_for(stages: list[StageRun]) -> dict[int, Gate]:
     gates = Gate.objects.filter(stage_run__in=[s.pk for s in stages]).prefetch_related(
-        Prefetch("approvals", Approval.objects.select_related("user").order_by("created_at", "id")),
+        Prefetch(
+            "approvals",
+            Approval.objects.select_related("user", "on_behalf_of").order_by("created_at", "id"),
+        ),
         Prefetch("overrides", Override.objects.select_related("user").order_by("created_at", "id")),
         Prefetch(
             "decisions",
@@ -182,11 +185,13 @@ def _separation_of_duties(run: Run, gate: Gate | None, refused: list[AuditEvent]
     for a in gate.approvals.all():
         if a.void or a.decision != ApprovalDecision.APPROVE:
             continue
-        name = a.user.get_username()
-        if name == requester:
-            problems.append(f"VIOLATION: approved by the requester {name}")
-        elif author and name == author:
-            problems.append(f"VIOLATION: approved by the commit author {name}")
+        # A delegate's approval is checked for both people (the delegate and the delegator).
+        people = [a.user] + ([a.on_behalf_of] if a.on_behalf_of_id else [])
+        for name in (p.get_username() for p in people):
+            if name == requester:
+                problems.append(f"VIOLATION: approved by the requester {name}")
+            elif author and name == author:
+                problems.append(f"VIOLATION: approved by the commit author {name}")
     return "; ".join(problems) if problems else "ok"
 
 
@@ -278,6 +283,8 @@ def _change_row(stage, gate, env_rules, ranges, refused, step_targets) -> dict:
         "approvals": [
             {
                 "user": a.user.get_username(),
+                # A delegate's decision: whose vote it was ("tom for sam").
+                "on_behalf_of": a.on_behalf_of.get_username() if a.on_behalf_of_id else None,
                 "group": a.attributed_group or ", ".join(a.groups or []),
                 "decision": a.decision,
                 "at": iso(a.created_at),

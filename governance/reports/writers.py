@@ -51,7 +51,9 @@ def flatten_change(row: dict) -> dict:
     """A change row with its lists folded into text (CSV cells, PDF table)."""
     out = dict(row)
     out["approvals"] = " | ".join(
-        f"{a['user']} ({a['group']}) {a['decision']} {a['at']}"
+        f"{a['user']}"
+        + (f" for {a['on_behalf_of']}" if a.get("on_behalf_of") else "")
+        + f" ({a['group']}) {a['decision']} {a['at']}"
         + (f": {a['comment']}" if a["comment"] else "")
         + (f" [void: {a['void_reason'] or 'void'}]" if a["void"] else "")
         for a in row["approvals"]

@@ -265,6 +265,7 @@ def test_json_rows_are_structured(scenario, carl):
     a, b = doc["changes"][0], doc["changes"][1]
     assert a["approvals"][0] == {
         "user": "zoë.ångström",
+        "on_behalf_of": None,
         "group": "sre",
         "decision": "approve",
         "at": "2026-01-05T09:03:00Z",

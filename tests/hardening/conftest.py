@@ -114,6 +114,7 @@ class World:
     job: object = None  # carl's finished PDF report job
     secret: object = None  # DB_PASSWORD of production (sre holds manage_secrets there)
     change_request: object = None  # pierre's pending proposal to scope `policy` to staging too
+    delegation: object = None  # the approver's, to the viewer, a month ahead (not in force)
     audit_seq: int = 0
 
 
@@ -240,6 +241,20 @@ def build_world(*, gates: bool = True) -> World:
         name="DB_PASSWORD",
         value="world-secret-value",
         environment=world.environments["production"],
+    )
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from governance.delegation import create_delegation
+
+    ahead = timezone.now() + timedelta(days=30)
+    world.delegation = create_delegation(
+        actor=users["approver"],
+        delegate=users["viewer"],
+        starts_at=ahead,
+        ends_at=ahead + timedelta(days=7),
+        reason="conference",
     )
     with actions.dispatching_to(_no_dispatch):
         world.pipeline = actions.create_pipeline(

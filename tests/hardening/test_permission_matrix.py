@@ -119,6 +119,17 @@ def _new_definition(name: str = "Payments API") -> str:
     return PIPELINE_YAML.format(name=name).replace('"1.0.0"', '"1.1.0"')
 
 
+def _period() -> dict:
+    """A delegation period from now for two days (ISO, UTC)."""
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    return {
+        "starts_at": now.strftime("%Y-%m-%dT%H:%M:%S"),
+        "ends_at": (now + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
 def _policy_form(action: str, **extra) -> dict:
     return {
         "action": action,
@@ -344,6 +355,26 @@ ROUTES: dict[str, Route] = {
     "secret-rotate": Route(lambda w: {"pk": w.secret.pk}, (Check("post", allowed=KEEPERS),)),
     # Write-only: nobody reads a value back, not even a superuser (403, audited).
     "secret-value": Route(lambda w: {"pk": w.secret.pk}, (Check(allowed=NOBODY),)),
+    # --- API: delegations (out of office; the rules are governance.delegation's) -----------
+    # Creating: whoever approves somewhere; the others have nothing to delegate (400).
+    "delegation-list": Route(
+        checks=(
+            Check(),
+            Check(
+                "post",
+                data=lambda w: {"delegate": w.users["compliance_manager"].username, **_period()},
+                allowed=APPROVERS,
+                ok=201,
+                codes=dict.fromkeys(SIGNED_IN - APPROVERS, 400),
+            ),
+        )
+    ),
+    # The approver's delegation to the viewer: the viewer (the delegate) sees it but may not
+    # revoke it; nobody else sees it.
+    "delegation-revoke": Route(
+        lambda w: {"pk": w.delegation.pk},
+        (Check("post", allowed=APPROVERS, hidden=SIGNED_IN - APPROVERS - {"viewer"}),),
+    ),
     "environment-list": Route(checks=(Check(),)),
     "environment-detail": Route(lambda w: {"name": "production"}, (Check(),)),
     # --- API: policies and decisions -------------------------------------------------------
@@ -511,6 +542,24 @@ ROUTES: dict[str, Route] = {
     "governance:audit-verify": Route(checks=(Check(allowed=AUDITORS, htmx=True),)),
     "governance:notification-preferences": Route(
         checks=(Check(), Check("post", data={"email": "on", "events": ["open"]}, ok=302))
+    ),
+    "governance:delegation-create": Route(
+        checks=(
+            Check(
+                "post",
+                data=lambda w: {
+                    "delegate": w.users["compliance_manager"].username,
+                    **{k: v[:16] for k, v in _period().items()},
+                },
+                allowed=APPROVERS,
+                ok=302,
+                codes=dict.fromkeys(SIGNED_IN - APPROVERS, 400),
+            ),
+        )
+    ),
+    "governance:delegation-revoke": Route(
+        lambda w: {"pk": w.delegation.pk},
+        (Check("post", allowed=APPROVERS, ok=302, hidden=SIGNED_IN - APPROVERS),),
     ),
     # --- pages: dashboard ------------------------------------------------------------------
     "dashboard:overview": Route(checks=(Check(),)),
