@@ -240,7 +240,7 @@ def archive_logs(run_id: int, *, now: datetime | None = None) -> dict:
     chunks (the housekeeping tries again)."""
     run = Run.objects.select_related("pipeline", "version").filter(pk=run_id).first()
     if run is None or not run.is_terminal:
-        return {"archived": 0}
+        return {"archived": 0, "failed": 0}
     steps = list(
         StepRun.objects.filter(
             stage__run_id=run_id, log_archive__isnull=True, log_lines__gt=0
@@ -314,6 +314,7 @@ def runs_with_unarchived_logs(*, older_than: timedelta = timedelta(minutes=10)) 
             log_archive__isnull=True,
             log_lines__gt=0,
         )
+        .order_by("stage__run_id")
         .values_list("stage__run_id", flat=True)
         .distinct()[:200]
     )

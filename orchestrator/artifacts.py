@@ -184,18 +184,43 @@ def _open_in_workspace(workspace: Path, relative: str) -> int:
 
 
 class _Hashing:
-    """A file object that hashes what is read from it (one pass: upload and digest)."""
+    """A file object that hashes what is read from it, so upload and digest take one pass.
+    A backend may read the file more than once (boto reads ahead for checksums, then seeks
+    back): only bytes past the furthest point hashed so far are hashed. If a backend skips
+    ahead, `digest_of()` hashes the file again (a second pass, never a wrong digest)."""
 
     def __init__(self, fh, limit: int):
-        self.fh, self.digest, self.size, self.limit = fh, hashlib.sha256(), 0, limit
+        self.fh, self.digest, self.done, self.limit, self.gap = (
+            fh,
+            hashlib.sha256(),
+            0,
+            limit,
+            False,
+        )
 
     def read(self, n: int = -1) -> bytes:
+        pos = self.fh.tell()
         data = self.fh.read(n)
-        self.digest.update(data)
-        self.size += len(data)
-        if self.size > self.limit:
+        end = pos + len(data)
+        if pos > self.done:
+            self.gap = True
+        elif end > self.done:
+            self.digest.update(data[self.done - pos :])
+            self.done = end
+        if end > self.limit:
             raise ArtifactError(f"grew over the limit of {_mib(self.limit)} while stored")
         return data
+
+    def digest_of(self) -> tuple[str, int]:
+        size = os.fstat(self.fh.fileno()).st_size
+        if self.gap or self.done != size:
+            self.fh.seek(0)
+            digest, size = hashlib.sha256(), 0
+            for block in _blocks(self.fh):
+                digest.update(block)
+                size += len(block)
+            return digest.hexdigest(), size
+        return self.digest.hexdigest(), self.done
 
     def __getattr__(self, name):
         return getattr(self.fh, name)
@@ -224,15 +249,19 @@ def store(step: StepRun, run: Run, workspace: Path, files: list[Collected]) -> l
                 if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                     raise ArtifactError(f"{where}: is not a regular file")
                 hashing = _Hashing(fh, max_bytes())
+                wanted = _key(run, step, item.path)  # new for every attempt
                 try:
-                    key = backend.save(_key(run, step, item.path), File(hashing, name=item.path))
+                    key = backend.save(wanted, File(hashing, name=item.path))
                 except ArtifactError as exc:
+                    _delete_partial(backend, wanted)
                     raise ArtifactError(f"{where}: {exc}") from exc
                 except Exception as exc:  # storage backends raise many kinds (OSError, botocore)
+                    _delete_partial(backend, wanted)
                     raise ArtifactError(
                         f"{where}: artifact storage unavailable: {exc.__class__.__name__}: {exc}"
                         " — the step can be retried once storage is back"
                     ) from exc
+                sha256, size = hashing.digest_of()
             content_type = mimetypes.guess_type(item.path)[0] or "application/octet-stream"
             stored.append(
                 Artifact(
@@ -240,8 +269,8 @@ def store(step: StepRun, run: Run, workspace: Path, files: list[Collected]) -> l
                     step_run_id=step.pk,
                     name=item.name,
                     path=item.path,
-                    size=hashing.size,
-                    sha256=hashing.digest.hexdigest(),
+                    size=size,
+                    sha256=sha256,
                     content_type=content_type,
                     storage_key=key,
                     policy_input=item.policy_input,
@@ -254,6 +283,12 @@ def store(step: StepRun, run: Run, workspace: Path, files: list[Collected]) -> l
         discard(stored)
         raise
     return stored
+
+
+def _delete_partial(backend, key: str) -> None:
+    """What a failed save may have left (FileSystemStorage does not clean up)."""
+    with contextlib.suppress(Exception):
+        backend.delete(key)
 
 
 def discard(rows: list[Artifact]) -> None:
