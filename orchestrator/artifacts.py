@@ -28,7 +28,9 @@ import glob
 import hashlib
 import mimetypes
 import os
+import queue
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -183,6 +185,46 @@ def _open_in_workspace(workspace: Path, relative: str) -> int:
         return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
 
 
+class _Digest:
+    """SHA-256 of a stream. From THREAD_FROM bytes on, the hashing runs in a helper thread
+    that overlaps the copy (hashlib releases the GIL on large blocks): a received artifact
+    costs about what a plain copy through storage does (benchmarks/artifacts.py)."""
+
+    THREAD_FROM = 4 * 1024 * 1024
+
+    def __init__(self, expected_size: int = 0):
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue | None = None
+        if expected_size >= self.THREAD_FROM:
+            self._queue = queue.Queue(maxsize=16)
+            self._thread = threading.Thread(target=self._work, name="artifact-sha256", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        while (block := self._queue.get()) is not None:
+            self._hash.update(block)
+
+    def update(self, block: bytes) -> None:
+        if self._queue is None:
+            self._hash.update(block)
+        else:
+            self._queue.put(block)
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hash.hexdigest()
+
+
+class _Chunked(File):
+    DEFAULT_CHUNK_SIZE = COPY_BUFFER
+
+
 class _Hashing:
     """A file object that hashes what is read from it, so upload and digest take one pass.
     A backend may read the file more than once (boto reads ahead for checksums, then seeks
@@ -190,22 +232,24 @@ class _Hashing:
     ahead, `digest_of()` hashes the file again (a second pass, never a wrong digest)."""
 
     def __init__(self, fh, limit: int):
-        self.fh, self.digest, self.done, self.limit, self.gap = (
-            fh,
-            hashlib.sha256(),
-            0,
-            limit,
-            False,
-        )
+        self.fh, self.done, self.limit, self.gap, self.pos = fh, 0, limit, False, 0
+        self.digest = _Digest(os.fstat(fh.fileno()).st_size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = self.fh.seek(offset, whence)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
     def read(self, n: int = -1) -> bytes:
-        pos = self.fh.tell()
+        pos = self.pos
         data = self.fh.read(n)
-        end = pos + len(data)
+        end = self.pos = pos + len(data)
         if pos > self.done:
             self.gap = True
         elif end > self.done:
-            self.digest.update(data[self.done - pos :])
+            self.digest.update(data[self.done - pos :] if pos < self.done else data)
             self.done = end
         if end > self.limit:
             raise ArtifactError(f"grew over the limit of {_mib(self.limit)} while stored")
@@ -213,6 +257,7 @@ class _Hashing:
 
     def digest_of(self) -> tuple[str, int]:
         size = os.fstat(self.fh.fileno()).st_size
+        digest = self.digest.hexdigest()
         if self.gap or self.done != size:
             self.fh.seek(0)
             digest, size = hashlib.sha256(), 0
@@ -220,7 +265,7 @@ class _Hashing:
                 digest.update(block)
                 size += len(block)
             return digest.hexdigest(), size
-        return self.digest.hexdigest(), self.done
+        return digest, self.done
 
     def __getattr__(self, name):
         return getattr(self.fh, name)
@@ -251,11 +296,13 @@ def store(step: StepRun, run: Run, workspace: Path, files: list[Collected]) -> l
                 hashing = _Hashing(fh, max_bytes())
                 wanted = _key(run, step, item.path)  # new for every attempt
                 try:
-                    key = backend.save(wanted, File(hashing, name=item.path))
+                    key = backend.save(wanted, _Chunked(hashing, name=item.path))
                 except ArtifactError as exc:
+                    hashing.digest.close()
                     _delete_partial(backend, wanted)
                     raise ArtifactError(f"{where}: {exc}") from exc
                 except Exception as exc:  # storage backends raise many kinds (OSError, botocore)
+                    hashing.digest.close()
                     _delete_partial(backend, wanted)
                     raise ArtifactError(
                         f"{where}: artifact storage unavailable: {exc.__class__.__name__}: {exc}"
@@ -369,7 +416,7 @@ def _download(row: Artifact, workspace: Path, uid: int | None) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp, dir_fd=dir_fd)
         fd = os.open(temp, flags, 0o644, dir_fd=dir_fd)
-        digest = hashlib.sha256()
+        digest = _Digest(row.size)
         try:
             with os.fdopen(fd, "wb") as out:
                 for block in _blocks(source):
@@ -377,13 +424,15 @@ def _download(row: Artifact, workspace: Path, uid: int | None) -> None:
                     out.write(block)
                 if uid is not None:
                     os.fchown(out.fileno(), uid, uid)
-            if digest.hexdigest() != row.sha256:
+            got = digest.hexdigest()
+            if got != row.sha256:
                 raise ArtifactError(
                     f"{where}: the stored file does not match its digest (expected sha256 "
-                    f"{row.sha256}, got {digest.hexdigest()}) — it was changed in storage"
+                    f"{row.sha256}, got {got}) — it was changed in storage"
                 )
             os.replace(temp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
+            digest.close()
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=dir_fd)
             raise
