@@ -154,9 +154,9 @@ def main() -> None:
                 try:
                     import boto3
 
-                    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-                        Bucket="bench"
-                    )
+                    boto3.client(
+                        "s3", endpoint_url=endpoint, region_name="us-east-1"
+                    ).create_bucket(Bucket="bench")
                     from orchestrator.settings import _artifact_storage
 
                     options = _artifact_storage(

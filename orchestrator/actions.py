@@ -189,6 +189,9 @@ def _remove_workspace_after_commit(run: Run) -> None:
     transaction.on_commit(remove)
 
 
+ARCHIVE_GRACE_SECONDS = 15
+
+
 def _archive_logs_after_commit(run: Run) -> None:
     """The run has ended: its step logs move to storage (the `clearway.archive_run_logs`
     task; the hourly housekeeping catches a lost message)."""
@@ -198,7 +201,9 @@ def _archive_logs_after_commit(run: Run) -> None:
 
     def send() -> None:
         try:
-            enqueue("clearway.archive_run_logs", (run_id,), countdown=1)
+            # After a grace period: a canceled step's executor may still write its last
+            # lines (it notices within a second, then stops its process group).
+            enqueue("clearway.archive_run_logs", (run_id,), countdown=ARCHIVE_GRACE_SECONDS)
         except Exception:  # broker down: artifact housekeeping archives it later
             logger.exception("could not queue the log archive of run %s", run_id)
 

@@ -133,6 +133,7 @@ def test_the_purge_removes_expired_files_and_records_it(stored, developer):
     assert log.json()["lines"] == [
         f"[clearway] this log was archived and removed on {later:%Y-%m-%d} (retention)"
     ]
+    assert log.json()["complete"] is True  # a client reading to the end stops
     assert artifacts.purge_expired(now=later) == {"artifacts": 0, "logs": 0, "failed": 0}
 
 
