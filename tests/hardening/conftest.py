@@ -109,6 +109,7 @@ class World:
     other_gate: object = None
     finished_run: object = None  # a canceled payments-api run (retry)
     step: object = None  # the finished build step of `run`
+    artifact: object = None  # a stored artifact of `step`
     policy: object = None  # soft-mandatory, production, with an unpublished draft
     decision: object = None  # the policy's decision at `gate`
     job: object = None  # carl's finished PDF report job
@@ -289,6 +290,7 @@ def build_world(*, gates: bool = True) -> World:
     world.policy.test_cases = window_cases()
     world.policy.save(update_fields=["source", "test_cases"])
     world.step = StepRun.objects.get(stage__run=world.run, name="compile")
+    world.artifact = _artifact(world.step)
     world.decision = PolicyDecision.objects.filter(gate=world.gate).order_by("pk").first()
     assert world.decision is not None, "the soft policy was not evaluated at the gate"
     assert world.gate.status == "waiting", world.gate.status
@@ -309,6 +311,29 @@ def _change_request(policy):
     pierre, _ = get_user_model().objects.get_or_create(username="pierre")
     pierre.groups.add(Group.objects.get(name="policy-admin"))
     return change_requests.propose_policy_scope(policy, actor=pierre, tiers=["staging"])
+
+
+def _artifact(step):
+    """A stored artifact of the world's step (downloads follow the run's read rule)."""
+    from datetime import timedelta
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import storages
+
+    from orchestrator.models import Artifact
+
+    key = storages["artifacts"].save(f"matrix/{step.pk}/report.json", ContentFile(b"{}"))
+    return Artifact.objects.create(
+        stage_run=step.stage,
+        step_run=step,
+        name="report",
+        path="report.json",
+        size=2,
+        sha256="44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+        content_type="application/json",
+        storage_key=key,
+        expires_at=step.stage.run.created_at + timedelta(days=90),
+    )
 
 
 @contextlib.contextmanager

@@ -288,6 +288,12 @@ ROUTES: dict[str, Route] = {
         ),
     ),
     "run-log": Route(run_kwargs, (Check(query="?step={w.step.pk}", allowed=SEES, hidden=HIDDEN),)),
+    # A run's artifacts and their downloads: whoever sees the run, like its logs.
+    "run-artifacts": Route(run_kwargs, (Check(allowed=SEES, hidden=HIDDEN),)),
+    "run-artifact-download": Route(
+        lambda w: {"pk": w.run.pk, "artifact_id": w.artifact.pk},
+        (Check(allowed=SEES, hidden=HIDDEN),),
+    ),
     "run-retry": Route(
         lambda w: {"pk": w.finished_run.pk}, (Check("post", allowed=RUNS, ok=201, hidden=HIDDEN),)
     ),
@@ -614,6 +620,10 @@ ROUTES: dict[str, Route] = {
     # A step's raw log: whoever sees the run.
     "dashboard:step_log_raw": Route(
         lambda w: {"run_id": w.run.pk, "step_id": w.step.pk},
+        (Check(allowed=SEES, hidden=HIDDEN),),
+    ),
+    "dashboard:artifact_download": Route(
+        lambda w: {"run_id": w.run.pk, "artifact_id": w.artifact.pk},
         (Check(allowed=SEES, hidden=HIDDEN),),
     ),
     "dashboard:step_log_window": Route(

@@ -25,7 +25,8 @@ stages:
   - name: plan
     steps:
       - name: plan
-        run: printf '{"ok": true}' > tfplan.json
+        run: |
+          printf '{"ok": true}' > tfplan.json
         artifacts: [{name: plan, path: tfplan.json}]
 """
 
@@ -55,7 +56,7 @@ def _web(user) -> Client:
     return client
 
 
-def test_the_run_page_lists_and_serves_the_artifact(stored, developer, viewer):
+def test_the_run_page_lists_and_serves_the_artifact(stored, viewer):
     run, artifact = stored
     page = _web(viewer).get(f"/runs/{run.pk}/").content.decode()
     url = f"/runs/{run.pk}/artifacts/{artifact.pk}/"
@@ -76,7 +77,7 @@ def test_the_api_lists_and_serves_the_artifact(stored, developer):
     api = client_for(developer)
     listed = api.get(f"/api/v1/runs/{run.pk}/artifacts/")
     assert listed.status_code == 200
-    [item] = listed.json()
+    [item] = listed.json()["results"]
     assert item["sha256"] == artifact.sha256
     assert (item["name"], item["path"], item["stage"], item["step"]) == (
         "plan",
@@ -128,20 +129,15 @@ def test_the_purge_removes_expired_files_and_records_it(stored, developer):
     assert event.details["reason"] == "retention"
     # A purged artifact is gone for downloads; the purged log says why it is empty.
     assert _web(developer).get(f"/runs/{run.pk}/artifacts/{artifact.pk}/").status_code == 404
-    lines = (
-        client_for(developer)
-        .get(f"/api/v1/runs/{run.pk}/log/", {"step": archive.step_id})
-        .json()["lines"]
-    )
-    assert lines == [
+    log = client_for(developer).get(f"/api/v1/runs/{run.pk}/log/", {"step": archive.step_id})
+    assert log.json()["lines"] == [
         f"[clearway] this log was archived and removed on {later:%Y-%m-%d} (retention)"
     ]
+    assert log.json()["complete"] is True  # a client reading to the end stops
     assert artifacts.purge_expired(now=later) == {"artifacts": 0, "logs": 0, "failed": 0}
 
 
-def test_the_run_page_lists_artifacts_in_one_query(
-    stored, developer, django_assert_max_num_queries
-):
+def test_the_run_page_lists_artifacts_in_one_query(stored, django_assert_max_num_queries):
     run, _ = stored
     with django_assert_max_num_queries(1):
         rows = artifacts.for_run(run)
