@@ -470,7 +470,7 @@ def download_response(row: Artifact):
     response["Content-Length"] = str(row.size)
     response["X-Content-Type-Options"] = "nosniff"
     response["X-Artifact-SHA256"] = row.sha256
-    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'; sandbox"
     return response
 
 
