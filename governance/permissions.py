@@ -17,7 +17,16 @@ from django.db.models import Model, Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from orchestrator.kernel import restrict as restricted
-from orchestrator.models import LogChunk, Pipeline, PipelineVersion, Run, StageRun, StepRun
+from orchestrator.models import (
+    Artifact,
+    LogArchive,
+    LogChunk,
+    Pipeline,
+    PipelineVersion,
+    Run,
+    StageRun,
+    StepRun,
+)
 
 from .models import (
     Approval,
@@ -63,6 +72,8 @@ def restrict(qs: QuerySet, user, action: str = "view") -> QuerySet:
         StageRun: "run__pipeline",
         StepRun: "stage__run__pipeline",
         LogChunk: "step__stage__run__pipeline",
+        LogArchive: "step__stage__run__pipeline",
+        Artifact: "stage_run__run__pipeline",
         Gate: "stage_run__run__pipeline",
         Approval: "gate__stage_run__run__pipeline",
         PolicyDecision: "gate__stage_run__run__pipeline",

@@ -462,3 +462,69 @@ def read_log(step: StepRun, offset: int = 0, limit: int = 5000) -> tuple[list[st
             break
     lines = lines[:limit]
     return lines, offset + len(lines)
+
+
+class Artifact(models.Model):
+    """One file a step stored when it succeeded (its `artifacts:` in the pipeline), kept in
+    the "artifacts" storage (settings.STORAGES) under `storage_key`. `name` is the name the
+    pipeline gave it (a glob may store several files under one name, each with its `path`
+    relative to the workspace); `sha256` is the digest of the stored bytes, checked again
+    when a later stage receives the file. After `expires_at` the purge task deletes the
+    stored file and sets `purged_at` (the row stays: reports and the audit log name it)."""
+
+    stage_run = models.ForeignKey(StageRun, on_delete=models.CASCADE, related_name="artifacts")
+    step_run = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="artifacts")
+    name = models.CharField(max_length=100)
+    path = models.CharField(max_length=1024)
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    content_type = models.CharField(max_length=200)
+    storage_key = models.CharField(max_length=1024, unique=True)
+    policy_input = models.BooleanField(default=False)
+    optional = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+    purged_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RestrictedManager()
+
+    class Meta:
+        ordering = ["stage_run", "name", "path"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["step_run", "name", "path"], name="unique_artifact_file_per_step"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.path}"
+
+    @property
+    def purged(self) -> bool:
+        return self.purged_at is not None
+
+
+class LogArchive(models.Model):
+    """A finished step's log, moved from its LogChunk rows to the "artifacts" storage as a
+    gzip file of independent members of `index_every` lines each: `offsets[k]` is the byte
+    offset of member k (lines k*index_every …), so a window of lines is read with one
+    ranged read and no decompression of the rest. `sha256` is the digest of the whole
+    uncompressed text (lines joined and ended by newlines), checked before the chunks were
+    deleted. Purged like artifacts, after `expires_at`."""
+
+    step = models.OneToOneField(StepRun, on_delete=models.CASCADE, related_name="log_archive")
+    storage_key = models.CharField(max_length=1024, unique=True)
+    line_count = models.PositiveIntegerField()
+    size = models.PositiveBigIntegerField()  # uncompressed bytes
+    compressed_size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    index_every = models.PositiveIntegerField()
+    offsets = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+    purged_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RestrictedManager()
+
+    def __str__(self) -> str:
+        return f"log of step {self.step_id}"

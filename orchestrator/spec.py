@@ -125,6 +125,13 @@ HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 HEADER_VALUE_PATTERN = r"^[^\r\n\x00]*$"
 SECRET_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]*$"  # noqa: S105 (a pattern, not a password)
 MAX_SECRETS_PER_STEP = 50
+MAX_ARTIFACTS_PER_STEP = 20
+MAX_ARTIFACT_NAME_LENGTH = 64
+MAX_ARTIFACT_PATH_LENGTH = 1024
+# How long a run's artifacts and archived logs are kept (`retention_days:`; the default is
+# the installation's CLEARWAY_ARTIFACT_RETENTION_DAYS, 90 unless set).
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 36_500
 # Hard bounds of a step's `limits:`; the installation's maximum (settings) is checked too.
 LIMIT_BOUNDS = {
     "memory_mb": (16, 1_048_576),
@@ -231,6 +238,33 @@ _HTTP_SCHEMA = {
     },
 }
 
+_ARTIFACT_SCHEMA = {
+    "type": "object",
+    "title": "artifact",
+    "description": "an artifact: a name and a path (or glob) relative to the workspace",
+    "additionalProperties": False,
+    "required": ["name", "path"],
+    "properties": {
+        "name": {
+            "type": "string",
+            "title": "artifact name",
+            "description": 'an artifact name such as "plan", unique within the pipeline',
+            "maxLength": MAX_ARTIFACT_NAME_LENGTH,
+            "pattern": IDENTIFIER_PATTERN,
+        },
+        "path": {
+            "type": "string",
+            "title": "artifact path",
+            "description": 'a path or glob relative to the workspace, such as "tfplan.json"',
+            "minLength": 1,
+            "maxLength": MAX_ARTIFACT_PATH_LENGTH,
+            "pattern": NO_NUL_PATTERN,
+        },
+        "policy_input": _opt({"type": "boolean", "title": "policy_input", "default": False}),
+        "optional": _opt({"type": "boolean", "title": "optional", "default": False}),
+    },
+}
+
 _STEP_SCHEMA = {
     "type": "object",
     "title": "step",
@@ -300,6 +334,15 @@ _STEP_SCHEMA = {
                     }
                     for key, (low, high) in LIMIT_BOUNDS.items()
                 },
+            }
+        ),
+        "artifacts": _opt(
+            {
+                "type": "array",
+                "title": "artifacts",
+                "description": "a list of files the step stores when it succeeds",
+                "maxItems": MAX_ARTIFACTS_PER_STEP,
+                "items": _ARTIFACT_SCHEMA,
             }
         ),
         "secrets": _opt(
@@ -436,6 +479,15 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "type": "string",
                 "title": "schedule",
                 "description": 'a 5-field cron expression such as "0 3 * * 1-5"',
+            }
+        ),
+        "retention_days": _opt(
+            {
+                "type": "integer",
+                "title": "retention_days",
+                "description": "how many days the runs' artifacts and archived logs are kept",
+                "minimum": MIN_RETENTION_DAYS,
+                "maximum": MAX_RETENTION_DAYS,
             }
         ),
     },
@@ -1265,6 +1317,64 @@ def _step_context_errors(
                 )
 
 
+def _artifact_errors(doc: dict, out: _Collector) -> None:
+    """`artifacts:` only on run steps, each path inside the workspace (relative, no ".."),
+    each name used once in the pipeline (a later stage and its gate find it by name)."""
+    stages = doc.get("stages")
+    if not isinstance(stages, list):
+        return
+    names: dict[str, str] = {}
+    for index, stage in enumerate(stages):
+        if not isinstance(stage, dict) or not isinstance(stage.get("steps"), list):
+            continue
+        for step_index, step in enumerate(stage["steps"]):
+            if not isinstance(step, dict) or not isinstance(step.get("artifacts"), list):
+                continue
+            at = ("stages", index, "steps", step_index, "artifacts")
+            if step["artifacts"] and step.get("http") is not None:
+                out.add(
+                    at,
+                    "only run steps store artifacts (files of the workspace) — move them "
+                    "to a run step",
+                )
+                continue
+            for item_index, item in enumerate(step["artifacts"]):
+                if not isinstance(item, dict):
+                    continue
+                name, path = item.get("name"), item.get("path")
+                if isinstance(name, str) and _matches(IDENTIFIER_PATTERN, name):
+                    where = _format_path((*at, item_index))
+                    if name in names:
+                        out.add(
+                            (*at, item_index, "name"),
+                            f"duplicate artifact name {_quote(name)} — already used by "
+                            f"{names[name]}; artifact names must be unique in the pipeline",
+                        )
+                    else:
+                        names[name] = where
+                if isinstance(path, str) and path:
+                    problem = artifact_path_problem(path)
+                    if problem:
+                        out.add((*at, item_index, "path"), problem)
+
+
+def artifact_path_problem(path: str) -> str | None:
+    """Why an artifact path (or glob) can never be inside the workspace, or None."""
+    if path.startswith(("/", "~")) or (len(path) > 1 and path[1] == ":"):
+        return (
+            f"artifact path {_quote(path)} is absolute — give a path relative to the "
+            'workspace, such as "build/app.tar.gz"'
+        )
+    if "\\" in path:
+        return f'artifact path {_quote(path)} contains "\\" — separate directories with "/"'
+    if ".." in path.split("/"):
+        return (
+            f'artifact path {_quote(path)} leaves the workspace with ".." — give a path '
+            "inside the workspace"
+        )
+    return None
+
+
 def _matches(pattern: str, value: str) -> bool:
     return _compile_pattern(pattern).search(value) is not None
 
@@ -1499,9 +1609,19 @@ def _normalize(doc: dict) -> dict:
         if step.get("limits"):
             out["limits"] = {k: int(v) for k, v in step["limits"].items()}
         out["secrets"] = list(step.get("secrets") or [])
+        if step.get("artifacts"):  # only when declared: older specs have no key either
+            out["artifacts"] = [
+                {
+                    "name": a["name"],
+                    "path": a["path"],
+                    "policy_input": bool(a.get("policy_input")),
+                    "optional": bool(a.get("optional")),
+                }
+                for a in step["artifacts"]
+            ]
         return out
 
-    return {
+    normalized = {
         "name": doc["name"],
         "description": doc.get("description") or "",
         "parameters": [
@@ -1525,6 +1645,9 @@ def _normalize(doc: dict) -> dict:
         ],
         "schedule": " ".join(doc["schedule"].split()) if doc.get("schedule") else None,
     }
+    if doc.get("retention_days") is not None:
+        normalized["retention_days"] = int(doc["retention_days"])
+    return normalized
 
 
 # ------------------------------------------------------------------------ public API
@@ -1544,8 +1667,11 @@ def parse_pipeline(
         {"name", "description", "parameters": [{"name", "description", "required",
          "default", "allowed"}], "stages": [{"name", "needs", "environment",
          "steps": [{"name", "type": "run"|"http", "run" | "http": {...},
-                    "timeout", "retries", "env", "secrets", ["network"], ["limits"]}]}],
-         "schedule": str | None}
+                    "timeout", "retries", "env", "secrets", ["network"], ["limits"],
+                    ["artifacts": [{"name", "path", "policy_input", "optional"}]]}]}],
+         "schedule": str | None, ["retention_days": int]}
+
+    Keys in brackets are present only when the document sets them.
 
     ``environments=None`` skips the environment-name check; ``limits_max=None`` the
     installation's maximum of step limits; ``secrets=None`` the secret names and scopes
@@ -1588,6 +1714,7 @@ def parse_pipeline(
         _schema_errors(doc, out)
         _semantic_errors(doc, out, known_envs)
         _step_context_errors(doc, out, limits_max, secrets)
+        _artifact_errors(doc, out)
     except _EnoughErrors:
         pass
     if out.errors:

@@ -486,7 +486,8 @@ def test_unknown_key_without_suggestion_lists_expected_keys():
     assert where(error) == (3, 1)
     assert error["path"] == ""
     assert error["message"] == (
-        'unknown key "zzz" — expected one of: name, description, parameters, stages, schedule'
+        'unknown key "zzz" — expected one of: name, description, parameters, stages, schedule, '
+        "retention_days"
     )
 
 
@@ -684,7 +685,7 @@ def test_all_errors_are_reported_in_document_order():
     assert message.count("\n") == 4
     assert message.splitlines()[0] == (
         'line 2, column 1: unknown key "colour" — expected one of: name, description, '
-        "parameters, stages, schedule"
+        "parameters, stages, schedule, retention_days"
     )
 
 
