@@ -1,15 +1,26 @@
-"""The gate's policy input document (schema_version 1, docs/policy-input.md) and the hash of
-what an approver sees (`seen_hash`)."""
+"""The gate's policy input document (schema_version 2, docs/policy-input.md) and the hash of
+what an approver sees (`seen_hash`).
+
+Schema 2 adds the earlier stages' artifacts: `artifact_files` lists every file they stored
+(name, stage, path, SHA-256, size), and `artifacts.<name>` is the parsed JSON of each
+`policy_input: true` artifact, read back from storage with its digest checked. An artifact
+that cannot be a policy input (not JSON, over POLICY_INPUT_MAX_BYTES, changed in storage,
+purged, several files under one name) is left out of `artifacts` and its `error` says why:
+the gate then refuses (`artifact_problems`), fail closed."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+from django.conf import settings
+from django.core.files.storage import storages
 from django.utils import timezone
 
-from orchestrator.models import StageRun
+from orchestrator.models import Artifact, StageRun
 
 from . import rego
 from .errors import GateInputError
@@ -37,10 +48,111 @@ def approval_entry(approval: Approval) -> dict:
     }
 
 
+DEFAULT_POLICY_INPUT_MAX_BYTES = 2 * 1024 * 1024
+
+
+def policy_input_max_bytes() -> int:
+    """The largest policy-input artifact a gate parses (CLEARWAY["POLICY_INPUT_MAX_BYTES"])."""
+    configured = settings.CLEARWAY.get("POLICY_INPUT_MAX_BYTES")
+    return int(configured or DEFAULT_POLICY_INPUT_MAX_BYTES)
+
+
+def _json_error(exc: json.JSONDecodeError) -> str:
+    return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+
+
+def _read_policy_input(row: Artifact, limit: int) -> tuple[object, str]:
+    """(parsed JSON, "") or (None, why it cannot be a policy input). Raises OSError when the
+    storage cannot be read (a transient failure: the gate waits and tries again)."""
+    if row.purged_at is not None:
+        return None, "it was purged (past its retention); run the pipeline again"
+    if row.size > limit:
+        return None, (
+            f"it is {row.size} bytes, over the policy-input limit of {limit} bytes "
+            '(CLEARWAY["POLICY_INPUT_MAX_BYTES"])'
+        )
+    with storages["artifacts"].open(row.storage_key, "rb") as fh:
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        return None, f"the stored file is over the policy-input limit of {limit} bytes"
+    if hashlib.sha256(raw).hexdigest() != row.sha256:
+        return None, (
+            "the stored file does not match the SHA-256 recorded when the step stored it "
+            "(it changed in storage); run the stage again"
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return None, f"it is not UTF-8 text (byte {exc.start})"
+    try:
+        return json.loads(text), ""
+    except json.JSONDecodeError as exc:
+        return None, f"it is not valid JSON ({_json_error(exc)})"
+    except RecursionError:
+        return None, "it is not valid JSON (nested too deeply)"
+
+
+def artifact_input(stage_run: StageRun) -> tuple[dict, list[dict]]:
+    """(`artifacts`, `artifact_files`) of the gate input: the files stored by the stages
+    before `stage_run` in its run, and the parsed policy-input ones by name. One query."""
+    rows = list(
+        Artifact.objects.filter(
+            stage_run__run_id=stage_run.run_id, stage_run__position__lt=stage_run.position
+        )
+        .select_related("stage_run")
+        .order_by("stage_run__position", "name", "path", "pk")
+    )
+    limit = policy_input_max_bytes()
+    by_name: dict[str, list[Artifact]] = {}
+    for row in rows:
+        if row.policy_input:
+            by_name.setdefault(row.name, []).append(row)
+    errors: dict[int, str] = {}
+    parsed: dict[str, object] = {}
+    for name, group in by_name.items():
+        if len(group) > 1:
+            where = ", ".join(f"{r.stage_run.name}:{r.path}" for r in group)
+            for r in group:
+                errors[r.pk] = (
+                    f"a policy input is one file, and {len(group)} files are named {name} "
+                    f"({where}); give each its own name"
+                )
+            continue
+        value, error = _read_policy_input(group[0], limit)
+        if error:
+            errors[group[0].pk] = error
+        else:
+            parsed[name] = value
+    files = [
+        {
+            "name": r.name,
+            "stage": r.stage_run.name,
+            "path": r.path,
+            "sha256": r.sha256,
+            "size": r.size,
+            "policy_input": r.policy_input,
+            "error": errors.get(r.pk, ""),
+        }
+        for r in rows
+    ]
+    return parsed, files
+
+
+def artifact_problems(doc: dict) -> list[str]:
+    """Why the policy-input artifacts of a gate input cannot be used (empty: they can). A
+    gate with any refuses, fail closed: its policies would judge a plan they cannot see."""
+    return [
+        f"policy-input artifact {f['name']} of stage {f['stage']} ({f['path']}): {f['error']}"
+        for f in doc.get("artifact_files") or []
+        if f.get("error")
+    ]
+
+
 def build_input(stage_run: StageRun, now: datetime, *, approvals: Iterable[Approval] = ()) -> dict:
-    """The policy input document (schema_version 1, docs/policy-input.md) of the gate in front
+    """The policy input document (schema_version 2, docs/policy-input.md) of the gate in front
     of `stage_run` at `now`. `approvals` are the live decisions to include. Raises ValueError
-    (or KeyError/TypeError) when the environment's windows are malformed."""
+    (or KeyError/TypeError) when the environment's windows are malformed, OSError when the
+    artifact storage cannot be read."""
     run = stage_run.run
     pipeline = run.pipeline
     env = stage_run.environment
@@ -61,6 +173,7 @@ def build_input(stage_run: StageRun, now: datetime, *, approvals: Iterable[Appro
         "in_freeze": env.freeze_at(now) is not None,
         "in_change_window": env.in_change_window(now),
     }
+    artifacts, artifact_files = artifact_input(stage_run)
     previous = (
         StageRun.objects.filter(run_id=run.pk, position__lt=stage_run.position)
         .select_related("environment")
@@ -105,6 +218,8 @@ def build_input(stage_run: StageRun, now: datetime, *, approvals: Iterable[Appro
             for s in previous
         ],
         "approvals": [approval_entry(a) for a in approvals],
+        "artifacts": artifacts,
+        "artifact_files": artifact_files,
     }
 
 
@@ -115,7 +230,11 @@ def seen_hash(input_doc: dict, versions: Sequence[PolicyVersion]) -> str:
     Policy decisions are a function of exactly these, time and the approvals, so a decision
     that changes for any other reason changes this hash too. Time and approvals are left out
     on purpose: otherwise an approval given before a change window opens would be voided when
-    it opens, and a policy that counts approvals would void every approval at the next one."""
+    it opens, and a policy that counts approvals would void every approval at the next one.
+
+    The artifacts are in it twice over: their parsed content (`artifacts`) and the SHA-256 of
+    every file the earlier stages stored (`artifact_files`), so an artifact that changes
+    after an approval (the plan stage run again, another file) voids the approval."""
     facts = copy.deepcopy(input_doc)
     facts.pop("now", None)
     facts.pop("approvals", None)
@@ -142,6 +261,8 @@ def current_seen_hash(gate: Gate, now: datetime | None = None) -> str:
 def input_or_error(stage_run: StageRun, now: datetime) -> dict:
     try:
         return build_input(stage_run, now)
+    except OSError as exc:
+        raise GateInputError(f"the artifact storage cannot be read ({exc})") from exc
     except (ValueError, KeyError, TypeError) as exc:
         name = stage_run.environment.name
         raise GateInputError(f"environment {name} is misconfigured ({exc!r})") from exc

@@ -24,7 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ACTION_KINDS", "PlanError", "PlanSummary", "is_plan", "summarise", "summary_or_none"]
+__all__ = [
+    "ACTION_KINDS",
+    "PlanError",
+    "PlanSummary",
+    "gate_plans",
+    "is_plan",
+    "summarise",
+    "summary_or_none",
+]
 
 # Known `change.actions` lists → the kind of change shown to an approver (None: no change).
 _ACTIONS: dict[tuple[str, ...], str | None] = {
@@ -193,3 +201,58 @@ def summary_or_none(doc) -> tuple[PlanSummary | None, str]:
         return summarise(doc), ""
     except PlanError as exc:
         return None, str(exc)
+
+
+_MARKS = {"add": "+", "change": "~", "destroy": "-", "replace": "-/+", "forget": "×"}
+_VERBS = {
+    "add": "create",
+    "change": "update in place",
+    "destroy": "destroy",
+    "replace": "replace",
+    "forget": "forget",
+}
+
+
+def gate_plans(input_doc: dict | None) -> list[dict]:
+    """The plans a gate's policy input holds, for the gate panel: one entry per policy-input
+    artifact that is (or claims to be) a plan, with its summary or why it is unusable:
+    `{name, stage, path, sha256, summary, error, resources: [{kind, mark, verb, address}]}`.
+    Reads only the stored input document (`Gate.input`): what the policies judged."""
+    doc = input_doc or {}
+    parsed = doc.get("artifacts") or {}
+    found = []
+    for entry in doc.get("artifact_files") or []:
+        if not isinstance(entry, dict) or not entry.get("policy_input"):
+            continue
+        name = entry.get("name", "")
+        summary, error = None, entry.get("error") or ""
+        if not error:
+            if name not in parsed:
+                continue
+            summary, error = summary_or_none(parsed[name])
+            if summary is None and not error:
+                continue  # some other JSON document, not a plan
+        resources = []
+        if summary is not None:
+            order = {kind: i for i, kind in enumerate(("destroy", "replace", "change", "add"))}
+            for change in sorted(summary.changes, key=lambda c: order.get(c.kind, 9)):
+                resources.append(
+                    {
+                        "kind": change.kind,
+                        "mark": _MARKS[change.kind],
+                        "verb": _VERBS[change.kind],
+                        "address": change.address,
+                    }
+                )
+        found.append(
+            {
+                "name": name,
+                "stage": entry.get("stage", ""),
+                "path": entry.get("path", ""),
+                "sha256": entry.get("sha256", ""),
+                "summary": summary,
+                "error": error,
+                "resources": resources,
+            }
+        )
+    return found

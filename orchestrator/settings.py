@@ -358,6 +358,8 @@ CLEARWAY = {
     "HEARTBEAT_TIMEOUT": env.float("CLEARWAY_HEARTBEAT_TIMEOUT", default=30.0),
     "REAPER_INTERVAL": env.float("CLEARWAY_REAPER_INTERVAL", default=10.0),
     "POLICY_TIMEOUT": env.float("CLEARWAY_POLICY_TIMEOUT", default=2.0),
+    # The largest policy-input artifact (e.g. a terraform plan) a gate parses (policy-input.md).
+    "POLICY_INPUT_MAX_BYTES": env.int("CLEARWAY_POLICY_INPUT_MAX_BYTES", default=2 * 1024 * 1024),
     # Queue that step executions are sent to (empty: Celery's default queue).
     "STEP_QUEUE": env.str("CLEARWAY_STEP_QUEUE", default=""),
     "DEMO_PASSWORD": "clearway-demo" if DEBUG else None,
