@@ -268,7 +268,39 @@ def input_or_error(stage_run: StageRun, now: datetime) -> dict:
         raise GateInputError(f"environment {name} is misconfigured ({exc!r})") from exc
 
 
-def describe_change(old_rows: Sequence[PolicyDecision], versions: Sequence[PolicyVersion]) -> str:
+def _artifact_changes(old_doc: dict | None, new_doc: dict | None) -> list[str]:
+    """ "artifact plan of stage plan changed (sha256 1a2b3c4d5e6f → 9f8e7d6c5b4a)"..."""
+    if not old_doc or not new_doc:
+        return []
+
+    def digests(doc: dict) -> dict:
+        return {
+            (f.get("stage"), f.get("name"), f.get("path")): f.get("sha256")
+            for f in doc.get("artifact_files") or []
+        }
+
+    before, after = digests(old_doc), digests(new_doc)
+    changes = []
+    for key in sorted(set(before) | set(after), key=str):
+        stage, name, _path = key
+        if key not in before:
+            changes.append(f"artifact {name} of stage {stage} is new")
+        elif key not in after:
+            changes.append(f"artifact {name} of stage {stage} is gone")
+        elif before[key] != after[key]:
+            changes.append(
+                f"artifact {name} of stage {stage} changed "
+                f"(sha256 {str(before[key])[:12]} → {str(after[key])[:12]})"
+            )
+    return changes
+
+
+def describe_change(
+    old_rows: Sequence[PolicyDecision],
+    versions: Sequence[PolicyVersion],
+    old_doc: dict | None = None,
+    new_doc: dict | None = None,
+) -> str:
     before = {d.policy_version.policy.name: d.policy_version.number for d in old_rows}
     after = {v.policy.name: v.number for v in versions}
     changes = []
@@ -279,5 +311,6 @@ def describe_change(old_rows: Sequence[PolicyDecision], versions: Sequence[Polic
             changes.append(f"policy {name} no longer applies")
         elif before[name] != after[name]:
             changes.append(f"policy {name} was republished (v{before[name]} → v{after[name]})")
+    changes += _artifact_changes(old_doc, new_doc)
     what = "; ".join(changes) or "the pipeline, its parameters or the environment changed"
     return f"what was approved changed: {what}"

@@ -251,7 +251,8 @@ def assess(gate: Gate, run: Run, now: datetime) -> Assessment:
                 approval, f"expired after {env.approval_ttl_hours} h", gate=gate, run=run, now=now
             )
         elif approval.seen_hash != seen:
-            void_approval(approval, describe_change(current, versions), gate=gate, run=run, now=now)
+            why = describe_change(current, versions, gate.input, doc)
+            void_approval(approval, why, gate=gate, run=run, now=now)
         else:
             kept.append(approval)
     doc["approvals"] = [approval_entry(a) for a in kept]
