@@ -21,7 +21,8 @@ from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
 from governance.permissions import restrict
-from orchestrator.models import LogChunk, Run, StepRun
+from orchestrator import logarchive
+from orchestrator.models import LogArchive, LogChunk, Run, StepRun
 
 from .templatetags.dashboard_tags import log_lines
 
@@ -54,11 +55,18 @@ def tail_windows(run: Run) -> dict[int, tuple[int, list[dict]]]:
         if offset != first + len(lines):  # offsets are dense; never show lines out of place
             continue
         lines.extend(line_parts(line) for line in text.split("\n"))
+    # Archived logs (an ended run): the last window from storage, one ranged read each.
+    for archive in LogArchive.objects.filter(step__stage__run=run):
+        first = max(0, archive.line_count - WINDOW)
+        text = logarchive.read_lines(archive, first, archive.line_count)
+        out[archive.step_id] = (first, [line_parts(line) for line in text])
     return out
 
 
 def _step_or_404(request, run_id: int, step_id: int) -> StepRun:
-    steps = restrict(StepRun.objects.select_related("stage__run__pipeline"), request.user)
+    steps = restrict(
+        StepRun.objects.select_related("stage__run__pipeline", "log_archive"), request.user
+    )
     return get_object_or_404(steps, pk=step_id, stage__run_id=run_id)
 
 
@@ -73,6 +81,12 @@ def step_log_window(request, run_id: int, step_id: int):
     except ValueError:
         return HttpResponse("before must be a line offset", status=400, content_type="text/plain")
     start = max(0, before - WINDOW)
+    archived = logarchive.read_window(step, start, before)
+    if archived is not None:
+        lines = [line_parts(line) for line in archived]
+        response = HttpResponse(log_lines(step.pk, lines, start) if lines else "")
+        response["X-Log-First"] = str(start) if lines else str(before)
+        return response
     chunks = (
         LogChunk.objects.filter(step=step, offset__lt=before)
         .alias(end=F("offset") + F("line_count"))
@@ -94,6 +108,10 @@ def step_log_window(request, run_id: int, step_id: int):
 
 
 def _lines(step: StepRun) -> Iterator[bytes]:
+    archive = logarchive.archive_of(step)
+    if archive is not None:
+        yield from logarchive.iter_text(archive)
+        return
     chunks = (
         LogChunk.objects.filter(step=step)
         .order_by("offset")

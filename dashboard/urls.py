@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import logs, views, webhooks
+from . import artifacts, logs, views, webhooks
 
 app_name = "dashboard"
 urlpatterns = [
@@ -20,6 +20,11 @@ urlpatterns = [
     path("runs/<int:run_id>/steps/<int:step_id>/log.txt", logs.step_log_raw, name="step_log_raw"),
     path(
         "runs/<int:run_id>/steps/<int:step_id>/log/", logs.step_log_window, name="step_log_window"
+    ),
+    path(
+        "runs/<int:run_id>/artifacts/<int:artifact_id>/",
+        artifacts.artifact_download,
+        name="artifact_download",
     ),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("runs/<int:run_id>/retry/", views.run_retry, name="run_retry"),

@@ -46,6 +46,7 @@ from governance.models import (
 )
 from governance.permissions import can, pipelines, restrict
 from orchestrator import actions, sandbox
+from orchestrator import artifacts as artifact_store
 from orchestrator.models import (
     RUN_TERMINAL,
     Pipeline,
@@ -705,6 +706,7 @@ def _run_page(request, run: Run, **extra):
         "terminal": run.status in RUN_TERMINAL,
         "parameters": sorted((run.parameters or {}).items()),
         "sandbox_off": not sandbox.enabled(),
+        "artifacts": artifact_store.for_run(run),
         **gate_panel_context(request.user, run),
         **extra,
     }

@@ -30,11 +30,15 @@ from guardian.shortcuts import assign_perm
 from governance import audit, gates, secrets
 from governance.models import Environment, Outcome
 
-from . import engine, events, lifecycle, spec
+from . import artifacts as artifact_store
+from . import engine, events, lifecycle, logarchive, spec
 from .kernel import fastsql
 from .kernel.queue import enqueue
 from .models import (
+    RUN_TERMINAL,
     STEP_TERMINAL,
+    LogArchive,
+    LogChunk,
     Pipeline,
     PipelineVersion,
     Run,
@@ -176,7 +180,29 @@ def workspace_for(run_id: int) -> Path:
 
 def _remove_workspace_after_commit(run: Run) -> None:
     path = workspace_for(run.pk)
-    transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
+
+    def remove() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        for marker in artifact_store.received_markers(path):
+            marker.unlink(missing_ok=True)
+
+    transaction.on_commit(remove)
+
+
+def _archive_logs_after_commit(run: Run) -> None:
+    """The run has ended: its step logs move to storage (the `clearway.archive_run_logs`
+    task; the hourly housekeeping catches a lost message)."""
+    if str(settings.CLEARWAY.get("LOG_ARCHIVE", "on")) == "off":
+        return
+    run_id = run.pk
+
+    def send() -> None:
+        try:
+            enqueue("clearway.archive_run_logs", (run_id,), countdown=1)
+        except Exception:  # broker down: artifact housekeeping archives it later
+            logger.exception("could not queue the log archive of run %s", run_id)
+
+    transaction.on_commit(send)
 
 
 def advance(
@@ -202,7 +228,95 @@ def advance(
     dispatch_after_commit(outcome)
     if run.is_terminal:
         _remove_workspace_after_commit(run)
+        _archive_logs_after_commit(run)
     return outcome
+
+
+def archive_logs(run_id: int, *, now: datetime | None = None) -> dict:
+    """Move an ended run's step logs to storage (orchestrator.logarchive). Each step's
+    archive is written and read back first; then one transition, with the run row locked,
+    checks that no chunk came in meanwhile, saves the LogArchive rows, deletes the chunks
+    and records it in the audit log. A step whose archive could not be written keeps its
+    chunks (the housekeeping tries again)."""
+    run = Run.objects.select_related("pipeline", "version").filter(pk=run_id).first()
+    if run is None or not run.is_terminal:
+        return {"archived": 0}
+    steps = list(
+        StepRun.objects.filter(
+            stage__run_id=run_id, log_archive__isnull=True, log_lines__gt=0
+        ).order_by("stage__position", "position")
+    )
+    written: list[tuple[StepRun, logarchive.Built, str]] = []
+    failed = []
+    for step in steps:
+        try:
+            built = logarchive.build(step)
+            key = logarchive.write_verified(step, run_id, built)
+        except logarchive.ArchiveError as exc:
+            logger.warning("log of step %s not archived: %s", step.pk, exc)
+            failed.append(step.pk)
+            continue
+        written.append((step, built, key))
+    if not written:
+        return {"archived": 0, "failed": len(failed)}
+    now = now or timezone.now()
+    expires = artifact_store.expiry(run, now)
+    kept: list[str] = []
+    archived = []
+    try:
+        with transition():
+            Run.objects.select_for_update(of=("self",)).filter(pk=run_id).first()
+            for step, built, key in written:
+                chunks = LogChunk.objects.filter(step=step)
+                current = chunks.order_by("-offset").values_list("offset", flat=True).first()
+                if chunks.count() != built.chunk_count or (current or 0) != max(
+                    built.last_offset, 0
+                ):
+                    continue  # a late chunk: the next round archives it whole
+                LogArchive.objects.create(
+                    step=step,
+                    storage_key=key,
+                    line_count=built.line_count,
+                    size=built.size,
+                    compressed_size=len(built.data),
+                    sha256=built.sha256,
+                    index_every=logarchive.index_every(),
+                    offsets=built.offsets,
+                    created_at=now,
+                    expires_at=expires,
+                )
+                chunks.delete()
+                kept.append(key)
+                archived.append(
+                    {"step": step.pk, "lines": built.line_count, "sha256": built.sha256}
+                )
+            if archived:
+                audit.record(None, "run.logs_archived", run, at=now, steps=archived)
+    except BaseException:
+        kept.clear()  # rolled back: none of the written files is referenced
+        raise
+    finally:
+        for _, _, key in written:
+            if key not in kept:
+                logarchive.delete_quietly(key)
+    return {"archived": len(archived), "failed": len(failed)}
+
+
+def runs_with_unarchived_logs(*, older_than: timedelta = timedelta(minutes=10)) -> list[int]:
+    """Ended runs whose logs are still in the database (a lost archive message)."""
+    if str(settings.CLEARWAY.get("LOG_ARCHIVE", "on")) == "off":
+        return []
+    cutoff = timezone.now() - older_than
+    return list(
+        StepRun.objects.filter(
+            stage__run__status__in=list(RUN_TERMINAL),
+            stage__run__finished_at__lt=cutoff,
+            log_archive__isnull=True,
+            log_lines__gt=0,
+        )
+        .values_list("stage__run_id", flat=True)
+        .distinct()[:200]
+    )
 
 
 def _check_gate(stage: StageRun, now: datetime, *, actor) -> tuple[str, str]:
@@ -512,12 +626,14 @@ def finish_step(
     error: str = "",
     now: datetime | None = None,
     log=None,
+    artifacts=None,
 ) -> StepRun | None:
     """Record a step's outcome and advance the run. A failure with attempts left re-queues
     the step with backoff. Ignored when the step is no longer this attempt's (canceled,
     reaped) — the first word wins. `log` (the step's executors.LogWriter) writes its last
-    lines in the same transaction."""
-    step, _ = _finish(step_id, attempt, succeeded, exit_code, error, now, log, "")
+    lines in the same transaction; so are `artifacts` (unsaved Artifact rows whose files
+    are stored) saved, or their files deleted when the outcome is refused."""
+    step, _ = _finish(step_id, attempt, succeeded, exit_code, error, now, log, "", artifacts)
     return step
 
 
@@ -530,11 +646,14 @@ def finish_step_and_claim_next(
     exit_code: int | None = None,
     error: str = "",
     log=None,
+    artifacts=None,
 ) -> StepRun | None:
     """finish_step, and in the same transaction claim for `worker` the first step of the run
     that becomes ready (without a countdown) — returned, to be executed by the caller right
     away. Other ready steps are dispatched to workers as usual."""
-    _, claimed = _finish(step_id, attempt, succeeded, exit_code, error, None, log, worker)
+    _, claimed = _finish(
+        step_id, attempt, succeeded, exit_code, error, None, log, worker, artifacts
+    )
     return claimed
 
 
@@ -547,65 +666,92 @@ def _finish(
     now: datetime | None,
     log,
     claim_for: str,
+    artifacts=None,
 ) -> tuple[StepRun | None, StepRun | None]:
     now = now or timezone.now()
     known = log.step.stage.run if log is not None and log.step.pk == step_id else None
-    with transition():
-        run = _lock_run_of_step(step_id, known)
-        if run is None:
-            return None, None
-        # Read after the lock: every change of a stage's or a step's status holds it, so
-        # these are current, and the engine need not read them again.
-        stages, steps = _stages_and_steps(run, step_id)
-        step = next((s for s in steps if s.pk == step_id), None)
-        if step is None:
-            return None, None
-        step.stage = next(s for s in stages if s.pk == step.stage_id)
-        if step.attempt != attempt:
-            # Fenced: a newer attempt exists (the reaper gave this one up). Nothing of the
-            # stale attempt is written — neither its outcome nor its last log lines.
-            _refuse_stale_finish(step, run, attempt, now)
-            return None, None
-        fields = log.write_locked(step) if log is not None else []
-        if step.status != StepStatus.RUNNING:
-            # Canceled or reaped while it ran: its outcome is refused; only the log lines it
-            # wrote before it noticed are kept.
-            if fields:
-                fastsql.update(step, fields)
-            if not run.is_terminal:
-                advance(run, now=now, stages=stages, steps=steps)
-            return step, None
-        step.exit_code = exit_code
-        step.error = error[:4000]
-        retry = not succeeded and step.attempt < step.max_attempts and not run.is_terminal
-        if succeeded:
-            status = StepStatus.SUCCEEDED
-        elif retry:
-            status = StepStatus.PENDING  # engine.queue_step re-queues it below
-        else:
-            status = StepStatus.FAILED
-        lifecycle.step(
-            step,
-            status,
-            run=run,
-            now=now,
-            fields=["exit_code", "error", *fields],
-            action="step.succeeded" if succeeded else "step.failed",
-            outcome=Outcome.SUCCESS if succeeded else Outcome.FAILURE,
-            attempt=attempt,
-            exit_code=exit_code,
-            error=error[:500],
-        )
-        if retry:
-            outcome = engine.Outcome()
-            backoff = min(2 ** (step.attempt - 1), 30)
-            engine.queue_step(step, run, outcome, countdown=backoff)
-            audit.record(
-                None, "step.retry", step, at=now, run=run.pk, attempt=step.attempt, backoff=backoff
+    kept = False
+    try:
+        with transition():
+            step, claimed, saved = _finish_locked(
+                step_id,
+                attempt,
+                succeeded,
+                exit_code,
+                error,
+                now,
+                log,
+                claim_for,
+                known,
+                artifacts or [],
             )
-            dispatch_after_commit(outcome)
-        advanced = advance(run, now=now, stages=stages, steps=steps, claim_for=claim_for)
-    return step, advanced.claimed
+        kept = saved  # committed
+    finally:
+        if artifacts and not kept:  # refused, or rolled back: nothing half-stored
+            artifact_store.discard(artifacts)
+    return step, claimed
+
+
+def _finish_locked(
+    step_id, attempt, succeeded, exit_code, error, now, log, claim_for, known, artifacts
+) -> tuple[StepRun | None, StepRun | None, bool]:
+    run = _lock_run_of_step(step_id, known)
+    if run is None:
+        return None, None, False
+    # Read after the lock: every change of a stage's or a step's status holds it, so
+    # these are current, and the engine need not read them again.
+    stages, steps = _stages_and_steps(run, step_id)
+    step = next((s for s in steps if s.pk == step_id), None)
+    if step is None:
+        return None, None, False
+    step.stage = next(s for s in stages if s.pk == step.stage_id)
+    if step.attempt != attempt:
+        # Fenced: a newer attempt exists (the reaper gave this one up). Nothing of the
+        # stale attempt is written — neither its outcome nor its last log lines.
+        _refuse_stale_finish(step, run, attempt, now)
+        return None, None, False
+    fields = log.write_locked(step) if log is not None else []
+    if step.status != StepStatus.RUNNING:
+        # Canceled or reaped while it ran: its outcome is refused; only the log lines it
+        # wrote before it noticed are kept.
+        if fields:
+            fastsql.update(step, fields)
+        if not run.is_terminal:
+            advance(run, now=now, stages=stages, steps=steps)
+        return step, None, False
+    step.exit_code = exit_code
+    step.error = error[:4000]
+    retry = not succeeded and step.attempt < step.max_attempts and not run.is_terminal
+    if succeeded:
+        status = StepStatus.SUCCEEDED
+    elif retry:
+        status = StepStatus.PENDING  # engine.queue_step re-queues it below
+    else:
+        status = StepStatus.FAILED
+    stored = artifact_store.save_locked(step, artifacts) if succeeded else []
+    lifecycle.step(
+        step,
+        status,
+        run=run,
+        now=now,
+        fields=["exit_code", "error", *fields],
+        action="step.succeeded" if succeeded else "step.failed",
+        outcome=Outcome.SUCCESS if succeeded else Outcome.FAILURE,
+        attempt=attempt,
+        exit_code=exit_code,
+        error=error[:500],
+        **({"artifacts": stored} if stored else {}),
+    )
+    if retry:
+        outcome = engine.Outcome()
+        backoff = min(2 ** (step.attempt - 1), 30)
+        engine.queue_step(step, run, outcome, countdown=backoff)
+        audit.record(
+            None, "step.retry", step, at=now, run=run.pk, attempt=step.attempt, backoff=backoff
+        )
+        dispatch_after_commit(outcome)
+    advanced = advance(run, now=now, stages=stages, steps=steps, claim_for=claim_for)
+    return step, advanced.claimed, bool(stored)
 
 
 def _refuse_stale_finish(step: StepRun, run: Run, attempt: int, now: datetime) -> None:

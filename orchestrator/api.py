@@ -14,9 +14,12 @@ from rest_framework.response import Response
 from governance.permissions import can, restrict
 
 from . import actions
+from . import artifacts as artifact_store
 from .filters import RunFilter
-from .models import Pipeline, Run, StageRun, StepRun, Team, read_log
+from .logarchive import read_log
+from .models import Artifact, Pipeline, Run, StageRun, StepRun, Team
 from .serializers import (
+    ArtifactSerializer,
     LogSerializer,
     PipelineSerializer,
     PipelineVersionSerializer,
@@ -190,12 +193,44 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
             raise ValidationError({"step": ["step, offset and limit must be integers"]})
         if offset < 0:
             raise ValidationError({"offset": ["must be >= 0"]})
-        step = StepRun.objects.filter(pk=step_id, stage__run=run).first()
+        step = (
+            StepRun.objects.filter(pk=step_id, stage__run=run).select_related("log_archive").first()
+        )
         if step is None:
             raise NotFound(f"run {run.pk} has no step {step_id}")
         lines, next_offset = read_log(step, offset, limit)
         complete = step.is_terminal and next_offset >= step.log_lines
         return Response({"lines": lines, "next_offset": next_offset, "complete": complete})
+
+    @extend_schema(responses=ArtifactSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def artifacts(self, request, pk=None):
+        """The run's artifacts with their digests (not paginated: at most 20 per step)."""
+        run = self.get_object()
+        return Response(ArtifactSerializer(artifact_store.for_run(run), many=True).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("artifact_id", int, OpenApiParameter.PATH)],
+        responses={(200, "application/octet-stream"): bytes},
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"artifacts/(?P<artifact_id>[0-9]+)/download",
+        url_name="artifact-download",
+    )
+    def artifact_download(self, request, pk=None, artifact_id=None):
+        run = self.get_object()  # a run this user may not view: 404
+        row = (
+            Artifact.objects.filter(stage_run__run=run, pk=int(artifact_id))
+            .select_related("stage_run__run__pipeline")
+            .first()
+        )
+        if row is None:
+            raise NotFound(f"run {run.pk} has no artifact {artifact_id}")
+        if row.purged_at is not None:
+            raise NotFound(f"artifact {row.pk} was removed after its retention period")
+        return artifact_store.download_response(row)
 
 
 def get_pipeline_or_404(request, slug):

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -32,6 +32,7 @@ from governance import secrets
 from governance.models import Gate
 
 from . import actions, events, logcontext, sandbox
+from . import artifacts as artifact_store
 from .kernel import fastsql
 from .masking import Masker
 from .models import LogChunk, Run, StepRun
@@ -211,6 +212,7 @@ class Result:
     succeeded: bool
     exit_code: int | None = None
     error: str = ""
+    artifacts: list = field(default_factory=list)  # stored, unsaved Artifact rows
 
 
 def _child_env(step: StepRun, run, stage) -> dict[str, str]:
@@ -459,6 +461,47 @@ def run_http(step: StepRun, run, stage, log: LogWriter) -> Result:
     return Result(True, response.status_code)
 
 
+def _receive_artifacts(step: StepRun, run, stage, log: LogWriter) -> Result | None:
+    """Before a run step starts (and so before its sandbox): the artifacts of the stages
+    its stage needs, copied from storage into the workspace with their digests checked,
+    once per stage on this host. A failure fails the step before anything runs."""
+    if step.kind == "http" or not stage.needs:
+        return None
+    workspace = actions.workspace_for(run.pk)
+    workspace.mkdir(parents=True, exist_ok=True)
+    try:
+        received = artifact_store.deliver(step, stage, workspace, sandbox.workspace_uid(run.pk))
+    except artifact_store.ArtifactError as exc:
+        log.add(f"[clearway] artifact not received: {exc}")
+        return Result(False, None, f"artifact not received: {exc}")
+    for row in received:
+        log.add(
+            f"[clearway] received artifact {row.name}: {row.path} ({row.size} bytes, "
+            f"sha256 {row.sha256[:12]}…)"
+        )
+    return None
+
+
+def _store_artifacts(step: StepRun, run, log: LogWriter, result: Result) -> Result:
+    """After a run step succeeded: its `artifacts:` checked and stored (see artifacts.py).
+    Any problem fails the step with the message, and nothing of it stays stored."""
+    if not result.succeeded or step.kind == "http" or not step.config.get("artifacts"):
+        return result
+    workspace = actions.workspace_for(run.pk)
+    try:
+        files = artifact_store.collect(step, workspace)
+        rows = artifact_store.store(step, run, workspace, files)
+    except artifact_store.ArtifactError as exc:
+        log.add(f"[clearway] artifact not stored: {exc}")
+        return Result(False, result.exit_code, f"artifact not stored: {exc}")
+    for row in rows:
+        log.add(
+            f"[clearway] stored artifact {row.name}: {row.path} ({row.size} bytes, "
+            f"sha256 {row.sha256[:12]}…)"
+        )
+    return Result(True, result.exit_code, result.error, rows)
+
+
 def _verdict(result: Result) -> str:
     return "succeeded" if result.succeeded else f"failed: {result.error or result.exit_code}"
 
@@ -498,7 +541,8 @@ def _run_claimed(step: StepRun, claim_next_for: str) -> StepRun | None:
         log.add(f"[clearway] attempt {step.attempt} of {step.max_attempts}")
     try:
         runner = run_http if step.kind == "http" else run_command
-        result = runner(step, run, stage, log)
+        result = _receive_artifacts(step, run, stage, log) or runner(step, run, stage, log)
+        result = _store_artifacts(step, run, log, result)
     except Exception as exc:  # an executor bug must fail the step, not leave it running
         result = Result(False, None, f"executor error: {exc.__class__.__name__}: {exc}")
     except BaseException:  # the worker is going down: keep what the step printed
@@ -510,6 +554,7 @@ def _run_claimed(step: StepRun, claim_next_for: str) -> StepRun | None:
         "exit_code": result.exit_code,
         "error": result.error,
         "log": log,  # its last lines are written with the outcome, in one transaction
+        "artifacts": result.artifacts,  # saved with the outcome, or deleted if refused
     }
     if claim_next_for:
         return actions.finish_step_and_claim_next(

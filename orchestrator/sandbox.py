@@ -146,6 +146,12 @@ def _step_uid(run_id: int) -> int:
     return int(cfg["STEP_UID_BASE"]) + run_id % int(cfg["STEP_UID_RANGE"])
 
 
+def workspace_uid(run_id: int) -> int | None:
+    """The owner the worker gives files it puts into a run's workspace (received
+    artifacts): the step's uid when a root worker sandboxes, else None (the worker's)."""
+    return _step_uid(run_id) if enabled() and _is_root() else None
+
+
 def _protected_paths() -> list[Path]:
     cfg = settings.CLEARWAY
     paths = [Path(settings.BASE_DIR), Path(settings.VAR_DIR), Path(cfg["WORKSPACE_ROOT"])]

@@ -141,3 +141,18 @@ class LogSerializer(serializers.Serializer):
     lines = serializers.ListField(child=serializers.CharField())
     next_offset = serializers.IntegerField()
     complete = serializers.BooleanField()
+
+
+class ArtifactSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    path = serializers.CharField()
+    stage = serializers.CharField(source="stage_run.name")
+    step = serializers.CharField(source="step_run.name")
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    content_type = serializers.CharField()
+    policy_input = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    purged_at = serializers.DateTimeField(allow_null=True)

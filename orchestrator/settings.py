@@ -322,6 +322,43 @@ STORAGES = {
 }
 MEDIA_ROOT = VAR_DIR / "media"
 
+
+def _artifact_storage(spec: str) -> dict:
+    """STORAGES["artifacts"] from CLEARWAY_ARTIFACT_STORAGE: a directory (FileSystemStorage)
+    or s3://bucket/prefix?endpoint_url=…&region=… (django-storages' S3Storage; credentials
+    from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an instance role)."""
+    from urllib.parse import parse_qs, urlparse
+
+    if not spec.startswith("s3://"):
+        return {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": spec, "file_permissions_mode": 0o640},
+        }
+    parsed = urlparse(spec)
+    if not parsed.netloc:
+        raise ImproperlyConfigured(
+            f"CLEARWAY_ARTIFACT_STORAGE={spec!r}: give the bucket, e.g. s3://clearway-artifacts/"
+        )
+    query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+    options = {
+        "bucket_name": parsed.netloc,
+        "location": parsed.path.strip("/"),
+        "file_overwrite": False,
+        "default_acl": None,
+        "querystring_auth": True,
+    }
+    if "endpoint_url" in query:
+        options["endpoint_url"] = query["endpoint_url"]
+    if "region" in query:
+        options["region_name"] = query["region"]
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+
+
+# Artifacts of steps and archived step logs (docs/configuration.md, "Artifacts").
+STORAGES["artifacts"] = _artifact_storage(
+    env.str("CLEARWAY_ARTIFACT_STORAGE", default=str(VAR_DIR / "artifacts"))
+)
+
 # --- Email ------------------------------------------------------------------------------
 EMAIL_BACKEND = env.str(
     "EMAIL_BACKEND",
@@ -407,6 +444,14 @@ CLEARWAY = {
         "processes": env.int("CLEARWAY_STEP_PROCESSES", default=512),
         "cpu_seconds": env.int("CLEARWAY_STEP_CPU_SECONDS", default=3600),
     },
+    # Artifacts (docs/pipelines.md): the largest file a step may store, and how many days a
+    # run's artifacts and archived logs are kept unless its pipeline says `retention_days:`.
+    "ARTIFACT_MAX_BYTES": env.int("CLEARWAY_ARTIFACT_MAX_BYTES", default=100 * 1024 * 1024),
+    "ARTIFACT_RETENTION_DAYS": env.int("CLEARWAY_ARTIFACT_RETENTION_DAYS", default=90),
+    # Finished runs' step logs move to the artifact storage as gzip (docs/dashboard.md);
+    # "off" keeps them in the database. The index has an entry every this many lines.
+    "LOG_ARCHIVE": env.str("CLEARWAY_LOG_ARCHIVE", default="on").lower(),
+    "LOG_ARCHIVE_INDEX_LINES": env.int("CLEARWAY_LOG_ARCHIVE_INDEX_LINES", default=1000),
     "STEP_LIMITS_MAX": {
         "memory_mb": env.int("CLEARWAY_STEP_MEMORY_MB_MAX", default=16384),
         "processes": env.int("CLEARWAY_STEP_PROCESSES_MAX", default=4096),
@@ -462,5 +507,11 @@ CELERY_BEAT_SCHEDULE = {
     "audit-stream": {
         "task": "clearway.stream_audit",
         "schedule": CLEARWAY["AUDIT_STREAM_INTERVAL"],
+    },
+    # Expired artifacts and archived logs are deleted (recorded in the audit log), and the
+    # logs of runs that ended without being archived (a lost message) are archived.
+    "artifact-housekeeping": {
+        "task": "clearway.artifact_housekeeping",
+        "schedule": 3600.0,
     },
 }

@@ -11,6 +11,7 @@ from celery.signals import worker_init, worker_process_init, worker_shutting_dow
 from governance import audit
 
 from . import actions, executors, sandbox
+from . import artifacts as artifact_store
 from .models import Pipeline, Trigger
 from .spec import ParameterError
 
@@ -67,6 +68,24 @@ def advance_run(run_id: int) -> None:
 @shared_task(name="clearway.reap_stale_steps")
 def reap_stale_steps() -> dict:
     return actions.reap_stale_steps()
+
+
+@shared_task(name="clearway.archive_run_logs")
+def archive_run_logs(run_id: int) -> dict:
+    """Sent after commit when a run ends (actions.advance)."""
+    return actions.archive_logs(run_id)
+
+
+@shared_task(name="clearway.artifact_housekeeping")
+def artifact_housekeeping() -> dict:
+    """Hourly (beat): expired artifacts and archived logs deleted (audited), and the logs
+    of ended runs whose archive message was lost archived."""
+    result = artifact_store.purge_expired()
+    result["runs_archived"] = 0
+    for run_id in actions.runs_with_unarchived_logs():
+        if actions.archive_logs(run_id).get("archived"):
+            result["runs_archived"] += 1
+    return result
 
 
 @shared_task(name="clearway.trigger_scheduled_run")

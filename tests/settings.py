@@ -17,6 +17,7 @@ if not os.environ.get("CLEARWAY_SECRET_KEYS"):
 
 from orchestrator.settings import *  # noqa: E402,F403
 from orchestrator.settings import CLEARWAY, DATABASES, REST_FRAMEWORK  # noqa: E402
+from orchestrator.settings import STORAGES as _STORAGES  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
@@ -30,6 +31,7 @@ CLEARWAY = {
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "artifacts": _STORAGES["artifacts"],  # CLEARWAY_ARTIFACT_STORAGE, or the session's var/
 }
 
 # The suite sends many requests per minute as the same users; the throttle tests set the
