@@ -62,8 +62,8 @@ def _json_error(exc: json.JSONDecodeError) -> str:
 
 
 def _read_policy_input(row: Artifact, limit: int) -> tuple[object, str]:
-    """(parsed JSON, "") or (None, why it cannot be a policy input). Raises OSError when the
-    storage cannot be read (a transient failure: the gate waits and tries again)."""
+    """(parsed JSON, "") or (None, why it cannot be a policy input). Raises GateInputError
+    when the storage cannot be read (a transient failure: the gate waits and tries again)."""
     if row.purged_at is not None:
         return None, "it was purged (past its retention); run the pipeline again"
     if row.size > limit:
@@ -71,8 +71,14 @@ def _read_policy_input(row: Artifact, limit: int) -> tuple[object, str]:
             f"it is {row.size} bytes, over the policy-input limit of {limit} bytes "
             '(CLEARWAY["POLICY_INPUT_MAX_BYTES"])'
         )
-    with storages["artifacts"].open(row.storage_key, "rb") as fh:
-        raw = fh.read(limit + 1)
+    try:
+        with storages["artifacts"].open(row.storage_key, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except Exception as exc:  # storage backends raise many kinds (OSError, botocore...)
+        raise GateInputError(
+            f"the artifact storage cannot be read ({exc.__class__.__name__}: {exc}); "
+            "the gate is evaluated again when it is back"
+        ) from exc
     if len(raw) > limit:
         return None, f"the stored file is over the policy-input limit of {limit} bytes"
     if hashlib.sha256(raw).hexdigest() != row.sha256:
@@ -151,8 +157,8 @@ def artifact_problems(doc: dict) -> list[str]:
 def build_input(stage_run: StageRun, now: datetime, *, approvals: Iterable[Approval] = ()) -> dict:
     """The policy input document (schema_version 2, docs/policy-input.md) of the gate in front
     of `stage_run` at `now`. `approvals` are the live decisions to include. Raises ValueError
-    (or KeyError/TypeError) when the environment's windows are malformed, OSError when the
-    artifact storage cannot be read."""
+    (or KeyError/TypeError) when the environment's windows are malformed, GateInputError when
+    the artifact storage cannot be read."""
     run = stage_run.run
     pipeline = run.pipeline
     env = stage_run.environment
@@ -261,8 +267,6 @@ def current_seen_hash(gate: Gate, now: datetime | None = None) -> str:
 def input_or_error(stage_run: StageRun, now: datetime) -> dict:
     try:
         return build_input(stage_run, now)
-    except OSError as exc:
-        raise GateInputError(f"the artifact storage cannot be read ({exc})") from exc
     except (ValueError, KeyError, TypeError) as exc:
         name = stage_run.environment.name
         raise GateInputError(f"environment {name} is misconfigured ({exc!r})") from exc
