@@ -91,11 +91,37 @@ def _read_policy_input(row: Artifact, limit: int) -> tuple[object, str]:
     except UnicodeDecodeError as exc:
         return None, f"it is not UTF-8 text (byte {exc.start})"
     try:
-        return json.loads(text), ""
+        value = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         return None, f"it is not valid JSON ({_json_error(exc)})"
+    except ValueError as exc:  # NaN / Infinity: not JSON, and not storable
+        return None, f"it is not valid JSON ({exc})"
     except RecursionError:
         return None, "it is not valid JSON (nested too deeply)"
+    if _has_nul(value):
+        return None, "it contains a NUL character (\\u0000), which the database cannot store"
+    return value, ""
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _has_nul(value) -> bool:
+    """Whether a parsed JSON document holds U+0000 in a key or a string (PostgreSQL's jsonb,
+    where the gate input is stored, refuses it)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def artifact_input(stage_run: StageRun) -> tuple[dict, list[dict]]:

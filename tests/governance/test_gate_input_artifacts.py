@@ -104,6 +104,8 @@ def test_invalid_json_blocks_the_gate_with_the_parse_error(
         ("tampered", "does not match the SHA-256 recorded when the step stored it"),
         ("purged", "it was purged (past its retention)"),
         ("not-utf8", "it is not UTF-8 text"),
+        ("nan", "it is not valid JSON (NaN is not a JSON number)"),
+        ("nul", "it contains a NUL character (\\u0000)"),
     ],
 )
 def test_an_unusable_policy_input_fails_closed(
@@ -112,7 +114,11 @@ def test_an_unusable_policy_input_fails_closed(
     run = make_run(infra, now=t0)
     stage = StageRun.objects.get(run=run, name="plan")
     step = stage.steps.get()
-    content = b"\xff\xfe{}" if damage == "not-utf8" else plan_bytes()
+    content = {
+        "not-utf8": b"\xff\xfe{}",
+        "nan": b'{"format_version": "1.2", "resource_changes": [], "cost": NaN}',
+        "nul": b'{"format_version": "1.2", "note": "a\\u0000b"}',
+    }.get(damage) or plan_bytes()
     row = store_artifact(step, content)
     if damage == "oversize":
         settings.CLEARWAY = {**settings.CLEARWAY, "POLICY_INPUT_MAX_BYTES": 64}
