@@ -57,7 +57,7 @@ def tail_windows(run: Run) -> dict[int, tuple[int, list[dict]]]:
         lines.extend(line_parts(line) for line in text.split("\n"))
     # Archived logs (an ended run): the last window from storage, one ranged read each.
     for archive in LogArchive.objects.filter(step__stage__run=run):
-        first = max(0, archive.line_count - WINDOW)
+        first = 0 if archive.purged_at else max(0, archive.line_count - WINDOW)
         text = logarchive.read_lines(archive, first, archive.line_count)
         out[archive.step_id] = (first, [line_parts(line) for line in text])
     return out

@@ -189,6 +189,9 @@ def _remove_workspace_after_commit(run: Run) -> None:
     transaction.on_commit(remove)
 
 
+ARCHIVE_GRACE_SECONDS = 15
+
+
 def _archive_logs_after_commit(run: Run) -> None:
     """The run has ended: its step logs move to storage (the `clearway.archive_run_logs`
     task; the hourly housekeeping catches a lost message)."""
@@ -198,7 +201,9 @@ def _archive_logs_after_commit(run: Run) -> None:
 
     def send() -> None:
         try:
-            enqueue("clearway.archive_run_logs", (run_id,), countdown=1)
+            # After a grace period: a canceled step's executor may still write its last
+            # lines (it notices within a second, then stops its process group).
+            enqueue("clearway.archive_run_logs", (run_id,), countdown=ARCHIVE_GRACE_SECONDS)
         except Exception:  # broker down: artifact housekeeping archives it later
             logger.exception("could not queue the log archive of run %s", run_id)
 
@@ -240,7 +245,7 @@ def archive_logs(run_id: int, *, now: datetime | None = None) -> dict:
     chunks (the housekeeping tries again)."""
     run = Run.objects.select_related("pipeline", "version").filter(pk=run_id).first()
     if run is None or not run.is_terminal:
-        return {"archived": 0}
+        return {"archived": 0, "failed": 0}
     steps = list(
         StepRun.objects.filter(
             stage__run_id=run_id, log_archive__isnull=True, log_lines__gt=0
@@ -314,6 +319,7 @@ def runs_with_unarchived_logs(*, older_than: timedelta = timedelta(minutes=10)) 
             log_archive__isnull=True,
             log_lines__gt=0,
         )
+        .order_by("stage__run_id")
         .values_list("stage__run_id", flat=True)
         .distinct()[:200]
     )

@@ -205,9 +205,10 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(responses=ArtifactSerializer(many=True))
     @action(detail=True, methods=["get"])
     def artifacts(self, request, pk=None):
-        """The run's artifacts with their digests (not paginated: at most 20 per step)."""
+        """The run's artifacts with their digests, in run order."""
         run = self.get_object()
-        return Response(ArtifactSerializer(artifact_store.for_run(run), many=True).data)
+        page = self.paginate_queryset(artifact_store.for_run(run))
+        return self.get_paginated_response(ArtifactSerializer(page, many=True).data)
 
     @extend_schema(
         parameters=[OpenApiParameter("artifact_id", int, OpenApiParameter.PATH)],

@@ -28,7 +28,9 @@ import glob
 import hashlib
 import mimetypes
 import os
+import queue
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -183,19 +185,87 @@ def _open_in_workspace(workspace: Path, relative: str) -> int:
         return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
 
 
+class _Digest:
+    """SHA-256 of a stream. From THREAD_FROM bytes on, the hashing runs in a helper thread
+    that overlaps the copy (hashlib releases the GIL on large blocks): a received artifact
+    costs about what a plain copy through storage does (benchmarks/artifacts.py)."""
+
+    THREAD_FROM = 4 * 1024 * 1024
+
+    def __init__(self, expected_size: int = 0):
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue | None = None
+        if expected_size >= self.THREAD_FROM:
+            self._queue = queue.Queue(maxsize=16)
+            self._thread = threading.Thread(target=self._work, name="artifact-sha256", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        while (block := self._queue.get()) is not None:
+            self._hash.update(block)
+
+    def update(self, block: bytes) -> None:
+        if self._queue is None:
+            self._hash.update(block)
+        else:
+            self._queue.put(block)
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hash.hexdigest()
+
+
+class _Chunked(File):
+    DEFAULT_CHUNK_SIZE = COPY_BUFFER
+
+
 class _Hashing:
-    """A file object that hashes what is read from it (one pass: upload and digest)."""
+    """A file object that hashes what is read from it, so upload and digest take one pass.
+    A backend may read the file more than once (boto reads ahead for checksums, then seeks
+    back): only bytes past the furthest point hashed so far are hashed. If a backend skips
+    ahead, `digest_of()` hashes the file again (a second pass, never a wrong digest)."""
 
     def __init__(self, fh, limit: int):
-        self.fh, self.digest, self.size, self.limit = fh, hashlib.sha256(), 0, limit
+        self.fh, self.done, self.limit, self.gap, self.pos = fh, 0, limit, False, 0
+        self.digest = _Digest(os.fstat(fh.fileno()).st_size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = self.fh.seek(offset, whence)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
 
     def read(self, n: int = -1) -> bytes:
+        pos = self.pos
         data = self.fh.read(n)
-        self.digest.update(data)
-        self.size += len(data)
-        if self.size > self.limit:
+        end = self.pos = pos + len(data)
+        if pos > self.done:
+            self.gap = True
+        elif end > self.done:
+            self.digest.update(data[self.done - pos :] if pos < self.done else data)
+            self.done = end
+        if end > self.limit:
             raise ArtifactError(f"grew over the limit of {_mib(self.limit)} while stored")
         return data
+
+    def digest_of(self) -> tuple[str, int]:
+        size = os.fstat(self.fh.fileno()).st_size
+        digest = self.digest.hexdigest()
+        if self.gap or self.done != size:
+            self.fh.seek(0)
+            digest, size = hashlib.sha256(), 0
+            for block in _blocks(self.fh):
+                digest.update(block)
+                size += len(block)
+            return digest.hexdigest(), size
+        return digest, self.done
 
     def __getattr__(self, name):
         return getattr(self.fh, name)
@@ -224,15 +294,21 @@ def store(step: StepRun, run: Run, workspace: Path, files: list[Collected]) -> l
                 if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                     raise ArtifactError(f"{where}: is not a regular file")
                 hashing = _Hashing(fh, max_bytes())
+                wanted = _key(run, step, item.path)  # new for every attempt
                 try:
-                    key = backend.save(_key(run, step, item.path), File(hashing, name=item.path))
+                    key = backend.save(wanted, _Chunked(hashing, name=item.path))
                 except ArtifactError as exc:
+                    hashing.digest.close()
+                    _delete_partial(backend, wanted)
                     raise ArtifactError(f"{where}: {exc}") from exc
                 except Exception as exc:  # storage backends raise many kinds (OSError, botocore)
+                    hashing.digest.close()
+                    _delete_partial(backend, wanted)
                     raise ArtifactError(
                         f"{where}: artifact storage unavailable: {exc.__class__.__name__}: {exc}"
                         " — the step can be retried once storage is back"
                     ) from exc
+                sha256, size = hashing.digest_of()
             content_type = mimetypes.guess_type(item.path)[0] or "application/octet-stream"
             stored.append(
                 Artifact(
@@ -240,8 +316,8 @@ def store(step: StepRun, run: Run, workspace: Path, files: list[Collected]) -> l
                     step_run_id=step.pk,
                     name=item.name,
                     path=item.path,
-                    size=hashing.size,
-                    sha256=hashing.digest.hexdigest(),
+                    size=size,
+                    sha256=sha256,
                     content_type=content_type,
                     storage_key=key,
                     policy_input=item.policy_input,
@@ -254,6 +330,12 @@ def store(step: StepRun, run: Run, workspace: Path, files: list[Collected]) -> l
         discard(stored)
         raise
     return stored
+
+
+def _delete_partial(backend, key: str) -> None:
+    """What a failed save may have left (FileSystemStorage does not clean up)."""
+    with contextlib.suppress(Exception):
+        backend.delete(key)
 
 
 def discard(rows: list[Artifact]) -> None:
@@ -334,7 +416,7 @@ def _download(row: Artifact, workspace: Path, uid: int | None) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp, dir_fd=dir_fd)
         fd = os.open(temp, flags, 0o644, dir_fd=dir_fd)
-        digest = hashlib.sha256()
+        digest = _Digest(row.size)
         try:
             with os.fdopen(fd, "wb") as out:
                 for block in _blocks(source):
@@ -342,13 +424,15 @@ def _download(row: Artifact, workspace: Path, uid: int | None) -> None:
                     out.write(block)
                 if uid is not None:
                     os.fchown(out.fileno(), uid, uid)
-            if digest.hexdigest() != row.sha256:
+            got = digest.hexdigest()
+            if got != row.sha256:
                 raise ArtifactError(
                     f"{where}: the stored file does not match its digest (expected sha256 "
-                    f"{row.sha256}, got {digest.hexdigest()}) — it was changed in storage"
+                    f"{row.sha256}, got {got}) — it was changed in storage"
                 )
             os.replace(temp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
+            digest.close()
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=dir_fd)
             raise

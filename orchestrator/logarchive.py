@@ -177,6 +177,8 @@ def read_log(step: StepRun, offset: int = 0, limit: int = 5000) -> tuple[list[st
     if archive is None:
         return read_chunks(step, offset, limit)
     offset = max(0, offset)
+    if archive.purged_at is not None:  # one line that says so, and the log is complete
+        return ([_purged_line(archive)] if offset == 0 else []), archive.line_count
     lines = read_lines(archive, offset, offset + limit)
     return lines, offset + len(lines)
 

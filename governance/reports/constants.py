@@ -60,6 +60,7 @@ CHANGE_COLUMNS = [
     "outcome",
     "sandboxed",
     "secrets",
+    "artifacts",
     "related_run",
     "audit_seq_first",
     "audit_seq_last",

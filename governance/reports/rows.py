@@ -10,7 +10,7 @@ from django.db import connections, models
 from django.db.models import F, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Cast, Coalesce
 
-from orchestrator.models import Run, StageRun, StageStatus, StepRun
+from orchestrator.models import Artifact, Run, StageRun, StageStatus, StepRun
 
 from ..models import (
     Approval,
@@ -120,6 +120,54 @@ def _step_secrets(stages: list[StageRun]) -> dict[int, list[dict]]:
         for item in released or []:
             out[stage_id].append(
                 {"step": step_name, "name": item.get("name"), "version": item.get("version")}
+            )
+    return out
+
+
+def _stage_artifacts(stages: list[StageRun]) -> dict[int, list[dict]]:
+    """Each deployment's artifacts with their digests, in one query: those its stage
+    received (from the stages it needs) and those its steps stored — exactly what was
+    applied, and what it produced."""
+    out: dict[int, list[dict]] = {s.pk: [] for s in stages}
+    if not out:
+        return out
+    rows = (
+        Artifact.objects.filter(stage_run__run__in={s.run_id for s in stages})
+        .order_by("stage_run__position", "name", "path")
+        .values_list(
+            "stage_run__run_id",
+            "stage_run__name",
+            "step_run__name",
+            "name",
+            "path",
+            "sha256",
+            "size",
+            "purged_at",
+        )
+    )
+    by_run: dict[int, list[tuple]] = {}
+    for row in rows:
+        by_run.setdefault(row[0], []).append(row)
+    for stage in stages:
+        needs = set(stage.needs or [])
+        for _, stage_name, step, name, path, sha256, size, purged in by_run.get(stage.run_id, []):
+            if stage_name == stage.name:
+                role = "produced"
+            elif stage_name in needs:
+                role = "received"
+            else:
+                continue
+            out[stage.pk].append(
+                {
+                    "role": role,
+                    "stage": stage_name,
+                    "step": step,
+                    "name": name,
+                    "path": path,
+                    "sha256": sha256,
+                    "size": size,
+                    "purged": purged is not None,
+                }
             )
     return out
 
@@ -332,6 +380,7 @@ def iter_changes(qs: QuerySet, *, chunk_size: int = CHUNK_SIZE) -> Iterator[dict
         gates = _gates_for(chunk)
         step_targets = _step_targets(chunk)
         secrets = _step_secrets(chunk)
+        stage_artifacts = _stage_artifacts(chunk)
         ranges, refused = _audit_context(chunk, gates, step_targets)
         for stage in chunk:
             gate = gates.get(stage.pk)
@@ -346,6 +395,7 @@ def iter_changes(qs: QuerySet, *, chunk_size: int = CHUNK_SIZE) -> Iterator[dict
             # Was the deployment's code isolated (CLEARWAY_SANDBOX), which secrets it got.
             row["sandboxed"] = stage.run.sandboxed
             row["secrets"] = secrets.get(stage.pk, [])
+            row["artifacts"] = stage_artifacts.get(stage.pk, [])
             yield row
 
 

@@ -68,6 +68,11 @@ def flatten_change(row: dict) -> dict:
     out["secrets"] = " | ".join(
         f"{x['step']}: {x['name']} v{x['version']}" for x in row.get("secrets") or []
     )
+    out["artifacts"] = " | ".join(
+        f"{x['role']} {x['stage']}/{x['name']}: {x['path']} sha256:{x['sha256']}"
+        + (" [purged]" if x.get("purged") else "")
+        for x in row.get("artifacts") or []
+    )
     rel = row["related_run"]
     out["related_run"] = (
         f"{rel['relation'].replace('_', ' ')} #{rel['number']} ({rel['url']})" if rel else ""

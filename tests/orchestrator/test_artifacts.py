@@ -9,7 +9,7 @@ import hashlib
 import shutil
 
 import pytest
-from django.core.files.storage import storages
+from django.core.files.storage import FileSystemStorage, storages
 
 from governance.models import AuditEvent
 from orchestrator import actions
@@ -216,3 +216,32 @@ def test_a_file_changed_in_storage_is_not_delivered(start, worker):
     assert "does not match its digest" in step.error
     assert f"expected sha256 {plan.sha256}" in step.error
     assert not (actions.workspace_for(run.pk) / "tfplan.json").exists()
+
+
+class ReReadingStorage(FileSystemStorage):
+    """A backend that reads the file once for a checksum, seeks back and reads it again to
+    store it (as boto does): the digest must still be that of the file."""
+
+    def _save(self, name, content):
+        for _ in content.chunks():
+            pass
+        content.seek(0)
+        return super()._save(name, content)
+
+
+def test_the_digest_holds_when_the_backend_reads_the_file_twice(start, worker, settings, tmp_path):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": f"{__name__}.ReReadingStorage",
+            "OPTIONS": {"location": str(tmp_path / "reread")},
+        },
+    }
+    run = start(one("head -c 6000000 /dev/urandom > big.bin", "[{name: big, path: big.bin}]"))
+    worker.run(worker.pending.popleft())
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED, run.reason
+    row = Artifact.objects.get(stage_run__run=run)
+    assert row.size == 6_000_000  # over the threaded digest's threshold
+    with storages["artifacts"].open(row.storage_key) as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == row.sha256
