@@ -30,6 +30,7 @@ from rest_framework.authtoken.models import Token
 
 from governance import actions as gate_actions
 from governance import gates as gate_rules
+from governance import plans
 from governance.gates import BLOCKING_RESULTS, GateError
 from governance.models import (
     Approval,
@@ -700,6 +701,7 @@ def _decorate_gate(gate: Gate, user, rules: list[dict]) -> None:
     for approval in gate.all_approvals:
         approval.counted_for = matched.get(approval.pk) or ""
     gate.my_decision = next((a for a in live if a.user_id == user.pk), None)
+    gate.plans = plans.gate_plans(gate.input)  # what the policies judged, from the stored input
     gate.denials = [d for d in gate.current_decisions if d.result in BLOCKING_RESULTS]
     gate.soft_denials = [d for d in gate.denials if d.enforcement == Enforcement.SOFT_MANDATORY]
     gate.denials_to_pass = gate.open_soft_denials(gate.current_decisions, gate.all_overrides)

@@ -23,7 +23,11 @@ How a gate decides (docs/governance.md has the long version):
   maximum bipartite matching, so one person counts once;
 - otherwise the gate is OPEN (OVERRIDDEN when it opened thanks to an override).
 
-Approvals become void when they expire or when what the approver saw changed (`seen_hash`).
+Approvals become void when they expire or when what the approver saw changed (`seen_hash`,
+which covers the digests of the earlier stages' artifacts).
+
+A policy-input artifact that cannot be read as JSON (or is over the size limit, changed in
+storage, purged) blocks the gate with the reason: fail closed (gate_input.artifact_problems).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from .approvers import (
 from .errors import GateConflict, GateError, GateInputError, GateInvalid, GateRefused
 from .gate_input import (
     approval_entry,
+    artifact_problems,
     build_input,
     current_seen_hash,
     describe_change,
@@ -252,7 +257,8 @@ def assess(gate: Gate, run: Run, now: datetime) -> Assessment:
                 approval, f"expired after {env.approval_ttl_hours} h", gate=gate, run=run, now=now
             )
         elif approval.seen_hash != seen:
-            void_approval(approval, describe_change(current, versions), gate=gate, run=run, now=now)
+            why = describe_change(current, versions, gate.input, doc)
+            void_approval(approval, why, gate=gate, run=run, now=now)
         else:
             kept.append(approval)
     doc["approvals"] = [approval_entry(a) for a in kept]
@@ -272,6 +278,11 @@ def assess(gate: Gate, run: Run, now: datetime) -> Assessment:
             approval.attributed_group = group
             approval.save(update_fields=["attributed_group"])
 
+    problems = artifact_problems(doc)
+    if problems:
+        # Fail closed: the policies would judge a plan they cannot see.
+        reason = "blocked: " + "; ".join(problems)
+        return Assessment(GateStatus.BLOCKED, reason, rows, progress)
     blocking = [r for r in rows if r.result in BLOCKING_RESULTS]
     hard = [r for r in blocking if r.enforcement == Enforcement.HARD_MANDATORY]
     soft = [r for r in blocking if r.enforcement == Enforcement.SOFT_MANDATORY]

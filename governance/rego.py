@@ -66,7 +66,7 @@ __all__ = [
     "shutdown_pool",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_TIMEOUT = 2.0  # seconds per policy evaluation
 DEFAULT_COMPILE_TIMEOUT = 5.0
 DEFAULT_POOL_SIZE = 2
@@ -181,13 +181,13 @@ def input_hash(input_doc: dict) -> str:
     return hashlib.sha256(_canonical_json(input_doc).encode("utf-8")).hexdigest()
 
 
-# JSON Schema of the gate input (schema_version 1); docs/policy-input.md shows the same.
+# JSON Schema of the gate input (schema_version 2); docs/policy-input.md shows the same.
 _STR = {"type": "string"}
 _TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?\+00:00$"}
 _GROUPS = {"type": "array", "items": _STR}
 INPUT_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "https://clearway.example/schemas/gate-input-v1.json",
+    "$id": "https://clearway.example/schemas/gate-input-v2.json",
     "title": "Clearway gate input",
     "type": "object",
     "required": [
@@ -199,9 +199,11 @@ INPUT_SCHEMA: dict = {
         "environment",
         "previous_stages",
         "approvals",
+        "artifacts",
+        "artifact_files",
     ],
     "properties": {
-        "schema_version": {"const": 1},
+        "schema_version": {"const": 2},
         "now": _TIME,
         "pipeline": {
             "type": "object",
@@ -307,6 +309,24 @@ INPUT_SCHEMA: dict = {
                     "groups": _GROUPS,
                     "decision": {"enum": ["approve", "reject"]},
                     "at": _TIME,
+                },
+            },
+        },
+        # schema_version 2: the earlier stages' policy-input artifacts, parsed, by name
+        "artifacts": {"type": "object"},
+        "artifact_files": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "stage", "path", "sha256", "size", "policy_input", "error"],
+                "properties": {
+                    "name": _STR,
+                    "stage": _STR,
+                    "path": _STR,
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "size": {"type": "integer", "minimum": 0},
+                    "policy_input": {"type": "boolean"},
+                    "error": _STR,
                 },
             },
         },

@@ -61,7 +61,7 @@ V1_HINT = (
 # A minimal document that satisfies docs/policy-input.md (schema_version 1). Every policy is
 # evaluated against it once when it is compiled, so that deny/warn can be type-checked.
 PROBE_INPUT: dict = {
-    "schema_version": 1,
+    "schema_version": 2,
     "now": "2000-01-03T12:00:00+00:00",
     "pipeline": {"slug": "probe", "name": "probe", "team": "probe", "version": 1},
     "run": {
@@ -84,6 +84,8 @@ PROBE_INPUT: dict = {
     },
     "previous_stages": [],
     "approvals": [],
+    "artifacts": {},
+    "artifact_files": [],
 }
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"

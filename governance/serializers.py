@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from . import gates
+from . import gates, plans
 from .models import ApprovalDecision, Enforcement, Environment, Gate, GateStatus
 from .permissions import can
 
@@ -85,6 +85,28 @@ class ExclusionSerializer(serializers.Serializer):
     reason = serializers.CharField()
 
 
+class PlanSummarySerializer(serializers.Serializer):
+    format_version = serializers.CharField()
+    tool_version = serializers.CharField(allow_blank=True)
+    headline = serializers.CharField(help_text='"3 to add, 1 to change, 1 to destroy"')
+    counts = serializers.DictField(
+        child=serializers.IntegerField(), help_text="add, change, destroy, replace, forget"
+    )
+    resources = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="the resource addresses by kind of change",
+    )
+
+
+class PlanSerializer(serializers.Serializer):
+    artifact = serializers.CharField()
+    stage = serializers.CharField()
+    path = serializers.CharField()
+    sha256 = serializers.CharField()
+    summary = PlanSummarySerializer(allow_null=True)
+    error = serializers.CharField(allow_blank=True, help_text="why the plan cannot be used")
+
+
 class GateDetailSerializer(GateSerializer):
     """A gate with everything an approver needs to decide."""
 
@@ -100,6 +122,9 @@ class GateDetailSerializer(GateSerializer):
     )
     input_hash = serializers.CharField(allow_blank=True)
     input = serializers.DictField(help_text="the last policy input document (policy-input.md)")
+    plans = PlanSerializer(
+        many=True, help_text="the terraform plans among the policy-input artifacts, summarised"
+    )
     can_approve = serializers.BooleanField()
     can_reject = serializers.BooleanField()
     can_override = serializers.BooleanField()
@@ -262,6 +287,17 @@ def gate_detail(gate: Gate, user) -> dict:
         "seen_hash": gate.seen_hash,
         "input_hash": gate.input_hash,
         "input": gate.input or {},
+        "plans": [
+            {
+                "artifact": p["name"],
+                "stage": p["stage"],
+                "path": p["path"],
+                "sha256": p["sha256"],
+                "summary": p["summary"].as_dict() if p["summary"] else None,
+                "error": p["error"],
+            }
+            for p in plans.gate_plans(gate.input)
+        ],
         "can_approve": problem is None,
         "can_reject": can_reject,
         "can_override": can_override,

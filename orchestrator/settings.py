@@ -398,6 +398,8 @@ CLEARWAY = {
     # tiles say how old their numbers are.
     "METRIC_ROLLUP_INTERVAL": env.float("CLEARWAY_METRIC_ROLLUP_INTERVAL", default=60.0),
     "POLICY_TIMEOUT": env.float("CLEARWAY_POLICY_TIMEOUT", default=2.0),
+    # The largest policy-input artifact (e.g. a terraform plan) a gate parses (policy-input.md).
+    "POLICY_INPUT_MAX_BYTES": env.int("CLEARWAY_POLICY_INPUT_MAX_BYTES", default=2 * 1024 * 1024),
     # Queue that step executions are sent to (empty: Celery's default queue).
     "STEP_QUEUE": env.str("CLEARWAY_STEP_QUEUE", default=""),
     "DEMO_PASSWORD": "clearway-demo" if DEBUG else None,

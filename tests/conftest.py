@@ -450,3 +450,18 @@ def celery_eager():
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, False
     yield app
     app.conf.task_always_eager, app.conf.task_eager_propagates = before
+
+
+@pytest.fixture
+def artifact_storage(settings, tmp_path):
+    """STORAGES["artifacts"] in a directory of this test (Django resets its storages)."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "artifacts")},
+        },
+    }
+    from django.core.files.storage import storages
+
+    return storages["artifacts"]

@@ -3,6 +3,9 @@ travelled clock (time-machine), so every audit row is in the chain and verifies.
 
 Steps are not executed: a simulated executor claims each dispatched step, writes log lines
 drawn from the step's own `echo` commands and finishes it with the outcome the story needs.
+A step that declares `artifacts:` gets the files its `cat > file <<TAG` here-documents write
+(with the run's parameters filled in), stored through orchestrator.artifacts like a worker
+stores them: the infra pipeline's plan reaches the production gate's plan policies.
 Gates, approvals, rejections and the override go through governance.actions like a person's
 clicks would."""
 
@@ -10,8 +13,10 @@ from __future__ import annotations
 
 import random
 import re
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from django.utils import timezone
@@ -20,12 +25,17 @@ from governance import actions as gate_actions
 from governance import policies
 from governance.gates import GateError
 from governance.models import Gate, GateStatus, Policy
-from orchestrator import actions
+from orchestrator import actions, artifacts
 from orchestrator.executors import LogWriter
 from orchestrator.models import Run, RunStatus, StepRun
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ECHO = re.compile(r'^\s*echo\s+"([^"]*)"')
+HEREDOC = re.compile(r"^cat > (\S+) <<'?(\w+)'?\n(.*?)\n\2$", re.M | re.S)
+DEFAULT_JUSTIFICATION = (
+    "INC-4211: card settlement is failing for all EU merchants; this hotfix must "
+    "ship tonight. Rollback plan and incident channel linked in the ticket."
+)
 
 
 @dataclass
@@ -39,6 +49,7 @@ class Plan:
     fail: dict[str, int] = field(default_factory=dict)  # stage → failing attempts
     gate: str = "approve"  # approve | reject | override | selfapprove | leave
     note: str = ""
+    justification: str = DEFAULT_JUSTIFICATION  # of an override
 
 
 class Clock:
@@ -57,9 +68,7 @@ class Clock:
 
 
 def _log_lines(step: StepRun, params: dict, run: Run, stage_name: str) -> list[str]:
-    env = {f"CLEARWAY_PARAM_{k.upper()}": v for k, v in params.items()}
-    env["CLEARWAY_ENVIRONMENT"] = step.stage.environment.name if step.stage.environment_id else ""
-    env["CLEARWAY_STAGE"] = stage_name
+    env = _step_env(step, params)
     lines = []
     for raw in (step.config.get("run") or "").splitlines():
         found = ECHO.match(raw)
@@ -67,6 +76,31 @@ def _log_lines(step: StepRun, params: dict, run: Run, stage_name: str) -> list[s
             text = re.sub(r"\$([A-Z_]+)", lambda m: env.get(m.group(1), ""), found.group(1))
             lines.append(text.replace('\\"', '"'))
     return lines or ["ok"]
+
+
+def _step_env(step: StepRun, params: dict) -> dict[str, str]:
+    env = {f"CLEARWAY_PARAM_{k.upper()}": v for k, v in params.items()}
+    env["CLEARWAY_ENVIRONMENT"] = step.stage.environment.name if step.stage.environment_id else ""
+    env["CLEARWAY_STAGE"] = step.stage.name
+    return env
+
+
+def _stored_files(step: StepRun, run: Run, now: datetime) -> list:
+    """The step's declared artifacts, written from its here-documents and stored (unsaved
+    rows for finish_step). Empty when the step declares none."""
+    if not step.config.get("artifacts"):
+        return []
+    env = _step_env(step, run.parameters)
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with tempfile.TemporaryDirectory(prefix="clearway-demo-") as tmp:
+        workspace = Path(tmp)
+        for found in HEREDOC.finditer(step.config.get("run") or ""):
+            text = re.sub(r"\$\(date [^)]*\)", stamp, found.group(3))
+            text = re.sub(r"\$\{?([A-Z_]+)\}?", lambda m: env.get(m.group(1), ""), text)
+            target = workspace / found.group(1)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text + "\n", encoding="utf-8")
+        return artifacts.store(step, run, workspace, artifacts.collect(step, workspace))
 
 
 def _execute(queue: list, plan: Plan, clock: Clock, rng: random.Random) -> None:
@@ -93,6 +127,7 @@ def _execute(queue: list, plan: Plan, clock: Clock, rng: random.Random) -> None:
             exit_code=1 if failing else 0,
             error="exit code 1" if failing else "",
             now=clock.now,
+            artifacts=[] if failing else _stored_files(step, run, clock.now),
         )
 
 
@@ -136,10 +171,7 @@ def _decide_gate(gate: Gate, plan: Plan, users: dict, clock: Clock, rng: random.
             gate,
             actor=users["sam"],
             now=clock.now,
-            justification=(
-                "INC-4211: card settlement is failing for all EU merchants; this hotfix must "
-                "ship tonight. Rollback plan and incident channel linked in the ticket."
-            ),
+            justification=plan.justification,
         )
 
 
@@ -246,6 +278,28 @@ def build_plans(start: datetime, days: int, rng: random.Random) -> list[Plan]:
     hotfix.at = datetime(day.year, day.month, day.day, 19, 40, tzinfo=BERLIN)
     hotfix.gate, hotfix.note = "override", "break-glass hotfix outside the change window"
     hotfix.params = {**hotfix.params, "branch": "hotfix/settlement"}
+    infra = [p for p in plans if p.pipeline == "infra-network"]
+    if len(infra) >= 4:
+        # Omar opens the partner API to the whole internet: the plan policy blocks it.
+        opened = infra[len(infra) // 3]
+        opened.params = {
+            **opened.params,
+            "change": "CHG-2190: partner API reachable from partners' networks",
+            "ingress_cidr": "0.0.0.0/0",
+        }
+        opened.note = "blocked by plan-no-open-ingress"
+        # A subnet for the claims migration before its cost center exists: an override.
+        untagged = infra[len(infra) * 2 // 3]
+        untagged.params = {
+            **untagged.params,
+            "change": "CHG-2231: subnet for the claims database migration",
+            "cost_center": "",
+        }
+        untagged.gate, untagged.note = "override", "override of plan-required-tags"
+        untagged.justification = (
+            "CHG-2231: finance creates the claims-migration cost center next week (FIN-881); "
+            "the migration window is tonight. Tags are backfilled in CHG-2240."
+        )
     claims = [p for p in plans if p.pipeline == "claims-service"]
     selfish = claims[len(claims) * 3 // 4]
     selfish.params = {**selfish.params, "author": "sara"}

@@ -1,4 +1,5 @@
-"""The demo's policies: the five shipped in governance/demo_policies, scoped to production and
+"""The demo's policies: the ten shipped in governance/demo_policies (five about the
+deployment, five about the terraform plan it applies), scoped to production and
 published with their test cases through the product's own policy verbs (so the audit chain
 verifies and every version has passing test results)."""
 
@@ -16,6 +17,11 @@ ENFORCEMENT = {
     "change-window": Enforcement.SOFT_MANDATORY,
     "tests-passed": Enforcement.HARD_MANDATORY,
     "main-branch": Enforcement.ADVISORY,
+    "plan-no-open-ingress": Enforcement.HARD_MANDATORY,
+    "plan-stateful-destroy": Enforcement.HARD_MANDATORY,
+    "plan-required-tags": Enforcement.SOFT_MANDATORY,
+    "plan-max-destroy": Enforcement.HARD_MANDATORY,
+    "plan-required": Enforcement.HARD_MANDATORY,
 }
 SCOPE = ["production"]
 

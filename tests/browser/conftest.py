@@ -310,7 +310,7 @@ def world(
     production.change_windows = []
     production.freeze_windows = []
     production.save(update_fields=["change_windows", "freeze_windows"])
-    assert seed_policies(policy_admin, now=timezone.now()) == 5
+    assert seed_policies(policy_admin, now=timezone.now()) == 10
     assert Policy.objects.filter(name="prod-approvals", current_version__isnull=False).exists()
     return SimpleNamespace(
         dana=developer,

@@ -19,6 +19,11 @@ EXPECTED = {
     "change-window": "soft-mandatory",
     "tests-passed": "hard-mandatory",
     "main-branch": "advisory",
+    "plan-no-open-ingress": "hard-mandatory",
+    "plan-stateful-destroy": "hard-mandatory",
+    "plan-required-tags": "soft-mandatory",
+    "plan-max-destroy": "hard-mandatory",
+    "plan-required": "hard-mandatory",
 }
 
 
@@ -30,7 +35,7 @@ def prod(environments):
 def test_the_demo_policies_are_published_with_passing_tests(prod, policy_admin):
     author = policy_admin
     now = timezone.now() - timedelta(days=61)
-    assert seed_policies(author, now=now) == 5
+    assert seed_policies(author, now=now) == 10
     found = {p.name: p for p in Policy.objects.select_related("current_version")}
     assert {name: p.enforcement for name, p in found.items()} == EXPECTED
     for name, policy in found.items():
@@ -43,7 +48,7 @@ def test_the_demo_policies_are_published_with_passing_tests(prod, policy_admin):
         assert [e.name for e in policy.environments.all()] == ["production"]
         assert policy.enabled and policy.description
     publishes = AuditEvent.objects.filter(action="policy.publish", outcome="success")
-    assert publishes.count() == 5
+    assert publishes.count() == 10
     assert audit.verify().ok
 
 
@@ -51,9 +56,9 @@ def test_seeding_twice_changes_nothing(prod, policy_admin):
     author = policy_admin
     seed_policies(author, now=timezone.now())
     events = AuditEvent.objects.count()
-    assert seed_policies(author, now=timezone.now()) == 5
+    assert seed_policies(author, now=timezone.now()) == 10
     assert AuditEvent.objects.count() == events
-    assert PolicyVersion.objects.count() == 5
+    assert PolicyVersion.objects.count() == 10
 
 
 def test_an_interrupted_seed_is_completed(prod, policy_admin):

@@ -97,6 +97,11 @@ def test_all_demo_policies_are_shipped():
         "change-window",
         "tests-passed",
         "main-branch",
+        "plan-no-open-ingress",
+        "plan-stateful-destroy",
+        "plan-required-tags",
+        "plan-max-destroy",
+        "plan-required",
     }
     levels = {p["name"]: p["enforcement"] for p in DEMO}
     assert levels == {
@@ -105,6 +110,11 @@ def test_all_demo_policies_are_shipped():
         "change-window": "soft-mandatory",
         "tests-passed": "hard-mandatory",
         "main-branch": "advisory",
+        "plan-no-open-ingress": "hard-mandatory",
+        "plan-stateful-destroy": "hard-mandatory",
+        "plan-required-tags": "soft-mandatory",
+        "plan-max-destroy": "hard-mandatory",
+        "plan-required": "hard-mandatory",
     }
     for policy in DEMO:
         assert policy["tests"], policy["name"]
@@ -600,7 +610,7 @@ def test_docs_show_the_schema_and_a_valid_full_example():
     blocks = _json_blocks(text)
     schema = next(b for b in blocks if b.get("$schema"))
     assert schema == rego.INPUT_SCHEMA
-    full = next(b for b in blocks if b.get("schema_version") == 1 and "approvals" in b)
+    full = next(b for b in blocks if b.get("schema_version") == 2 and "approvals" in b)
     jsonschema.validate(full, rego.INPUT_SCHEMA)
     assert full == EXAMPLE_INPUT
     jsonschema.validate(rego.PROBE_INPUT, rego.INPUT_SCHEMA)
