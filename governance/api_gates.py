@@ -46,6 +46,8 @@ class GateViewSet(viewsets.GenericViewSet):
     serializer_class = GateSerializer
     queryset = Gate.objects.none()
     filterset_class = GateFilter
+    # The API token scope each request needs (governance/api_auth.py).
+    token_scopes = {"approve": "approve", "reject": "approve", "override": "approve"}
 
     def _base(self):
         return Gate.objects.select_related(
@@ -130,6 +132,7 @@ class EnvironmentViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = EnvironmentSerializer
     queryset = Environment.objects.none()
+    token_scopes: dict = {}  # read-only: every request needs "read"
     lookup_field = "name"
     lookup_value_regex = r"[-a-zA-Z0-9_]+"
 

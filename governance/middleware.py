@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
 from django.core.exceptions import DisallowedHost
 
 from orchestrator import logcontext
 
+from . import credentials
 from .audit import request_context
 from .client_ip import client_ip
 
@@ -66,3 +71,68 @@ def _websocket_origin(request) -> str:
     except DisallowedHost:
         return ""
     return f"{'wss' if request.is_secure() else 'ws'}://{host}"
+
+
+# Session keys of SessionLifetimeMiddleware: Unix seconds of sign-in and of the last request.
+SESSION_STARTED = "cw_started"
+SESSION_SEEN = "cw_seen"
+SEEN_EVERY = 60  # the last request time is written at most once a minute (one session save)
+
+
+class SessionLifetimeMiddleware:
+    """Ends a signed-in browser session that was idle longer than
+    CLEARWAY_SESSION_IDLE_MINUTES, or is older than CLEARWAY_SESSION_MAX_HOURS, and audits
+    why (governance.credentials.end_session). The request then goes on signed out (pages
+    send it to the login page, the API answers 401/403).
+
+    Times are kept in the session itself (server side); the session is bound to nothing a
+    client or proxy sends — not the address, not X-Forwarded-For, not the User-Agent — so
+    a proxy cannot spoof its way in, nor sign people out by changing a header."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        session = request.session
+        started = session.get(SESSION_STARTED)
+        if started is not None and request.user.is_authenticated:
+            now = time.time()
+            seen = session.get(SESSION_SEEN, started)
+            reason = None
+            if now - started > settings.CLEARWAY_SESSION_MAX_HOURS * 3600:
+                reason = "absolute"
+            elif now - seen > settings.CLEARWAY_SESSION_IDLE_MINUTES * 60:
+                reason = "idle"
+            if reason:
+                credentials.end_session(
+                    user=request.user, session_key=session.session_key, reason=reason
+                )
+                logout(request)
+                messages.info(
+                    request,
+                    "Your session ended: "
+                    + (
+                        f"you were away more than {settings.CLEARWAY_SESSION_IDLE_MINUTES} minutes."
+                        if reason == "idle"
+                        else f"sessions last at most {settings.CLEARWAY_SESSION_MAX_HOURS} hours."
+                    )
+                    + " Sign in again.",
+                )
+            elif now - seen >= SEEN_EVERY:
+                session[SESSION_SEEN] = now
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if (
+            user is not None
+            and user.is_authenticated
+            and SESSION_STARTED not in request.session
+            and request.session.session_key
+        ):
+            # Signed in by this request (or a session from before this middleware).
+            now = time.time()
+            request.session[SESSION_STARTED] = now
+            request.session[SESSION_SEEN] = now
+            credentials.session_started(
+                user=user, session_key=request.session.session_key, ip=client_ip(request)
+            )
+        return response
