@@ -7,7 +7,6 @@ from governance import api as governance_api
 from . import api
 
 
-
 class _Root(APIRootView):
     token_scopes: dict = {}  # the index of the API: "read" (governance/api_auth.py)
 
