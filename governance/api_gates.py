@@ -13,6 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from . import actions, gates
+from .api_auth import request_token
 from .filters import GateFilter
 from .models import ApprovalRule, Environment, Gate, GateStatus, Override
 from .permissions import restrict
@@ -91,6 +92,7 @@ class GateViewSet(viewsets.GenericViewSet):
                 actor=request.user,
                 comment=body.validated_data["comment"],
                 seen_hash=body.validated_data.get("seen_hash") or None,
+                token=request_token(request),
             )
         except gates.GateError as exc:
             return _error(exc)

@@ -50,25 +50,26 @@ def create_api_token(
     step-up in this session within CLEARWAY_STEP_UP_MINUTES (governance.stepup)."""
     now = now or timezone.now()
     scopes = list(scopes or [])
+    found = tokens.problems(name, scopes, expires_at, now)
+    if not found and tokens.APPROVE in scopes:
+        if not stepup.recent_step_up(actor, now, session_key=session_key):
+            found = [
+                "a token with the approve scope can be created only right after you "
+                f"confirm your password (within {settings.CLEARWAY_STEP_UP_MINUTES} "
+                "minutes, in this browser); confirm it and try again"
+            ]
+    if found:
+        # Audited on its own: the refusal must not roll back with a caller's transaction.
+        audit.record(
+            actor,
+            "token.create",
+            ("apitoken", "", (name or "")[:100]),
+            outcome=Outcome.DENIED,
+            reason="; ".join(found),
+            scopes=[str(s)[:20] for s in scopes[:10]],
+        )
+        raise CredentialRefused("; ".join(found), 403 if "confirm" in found[0] else 400)
     with transaction.atomic():
-        found = tokens.problems(name, scopes, expires_at, now)
-        if not found and tokens.APPROVE in scopes:
-            if not stepup.recent_step_up(actor, now, session_key=session_key):
-                found = [
-                    "a token with the approve scope can be created only right after you "
-                    f"confirm your password (within {settings.CLEARWAY_STEP_UP_MINUTES} "
-                    "minutes, in this browser); confirm it and try again"
-                ]
-        if found:
-            audit.record(
-                actor,
-                "token.create",
-                ("apitoken", "", (name or "")[:100]),
-                outcome=Outcome.DENIED,
-                reason="; ".join(found),
-                scopes=[str(s)[:20] for s in scopes[:10]],
-            )
-            raise CredentialRefused("; ".join(found), 403 if "confirm" in found[0] else 400)
         token, raw = tokens.issue(actor, name=name, scopes=scopes, expires_at=expires_at, now=now)
         audit.record(
             actor,
@@ -84,10 +85,10 @@ def create_api_token(
 def revoke_api_token(*, actor, token: ApiToken, now: datetime | None = None) -> bool:
     """Revoke `token` (its owner, or a superuser); False if it was already revoked."""
     now = now or timezone.now()
+    if token.user_id != actor.pk and not actor.is_superuser:
+        audit.record(actor, "token.revoke", token, outcome=Outcome.DENIED, reason="not yours")
+        raise CredentialRefused("you may revoke only your own tokens", 403)
     with transaction.atomic():
-        if token.user_id != actor.pk and not actor.is_superuser:
-            audit.record(actor, "token.revoke", token, outcome=Outcome.DENIED, reason="not yours")
-            raise CredentialRefused("you may revoke only your own tokens", 403)
         changed = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
             revoked_at=now, revoked_by=actor
         )
