@@ -117,6 +117,7 @@ class SessionLifetimeMiddleware:
                         else f"sessions last at most {settings.CLEARWAY_SESSION_MAX_HOURS} hours."
                     )
                     + " Sign in again.",
+                    fail_silently=True,
                 )
             elif now - seen >= SEEN_EVERY:
                 session[SESSION_SEEN] = now
