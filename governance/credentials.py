@@ -8,6 +8,7 @@ of issue 15) has its own place.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from importlib import import_module
 
@@ -19,6 +20,7 @@ from django.utils import timezone
 from orchestrator import events
 
 from . import audit, stepup, tokens
+from .client_ip import client_ip
 from .models import ApiToken, Outcome, StepUp, UserSession
 
 logger = logging.getLogger(__name__)
@@ -128,6 +130,25 @@ def step_up_refused(*, actor, method: str, reason: str) -> None:
 
 
 # --- sessions ---------------------------------------------------------------------------
+
+# Session keys (governance.middleware.SessionLifetimeMiddleware): Unix seconds of the sign-in
+# and of the last request.
+SESSION_STARTED = "cw_started"
+SESSION_SEEN = "cw_seen"
+
+
+def on_login(sender, request, user, **kwargs) -> None:
+    """user_logged_in (connected in governance.apps): start the session's clocks and
+    remember the session for "sign out everywhere"."""
+    session = getattr(request, "session", None)
+    if session is None:
+        return
+    now = time.time()
+    session[SESSION_STARTED] = now
+    session[SESSION_SEEN] = now
+    if session.session_key is None:
+        session.save()
+    session_started(user=user, session_key=session.session_key, ip=client_ip(request))
 
 
 def session_started(*, user, session_key: str, ip: str | None, now: datetime | None = None):

@@ -73,9 +73,7 @@ def _websocket_origin(request) -> str:
     return f"{'wss' if request.is_secure() else 'ws'}://{host}"
 
 
-# Session keys of SessionLifetimeMiddleware: Unix seconds of sign-in and of the last request.
-SESSION_STARTED = "cw_started"
-SESSION_SEEN = "cw_seen"
+SESSION_STARTED, SESSION_SEEN = credentials.SESSION_STARTED, credentials.SESSION_SEEN
 SEEN_EVERY = 60  # the last request time is written at most once a minute (one session save)
 
 
@@ -127,9 +125,11 @@ class SessionLifetimeMiddleware:
             user is not None
             and user.is_authenticated
             and SESSION_STARTED not in request.session
+            and "_auth_user_id" in request.session
             and request.session.session_key
         ):
-            # Signed in by this request (or a session from before this middleware).
+            # A session signed in before this middleware existed (sign-in itself starts the
+            # clocks: credentials.on_login).
             now = time.time()
             request.session[SESSION_STARTED] = now
             request.session[SESSION_SEEN] = now
