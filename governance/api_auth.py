@@ -17,6 +17,7 @@ Session-authenticated requests (the browser) are not scope-limited.
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -48,6 +49,22 @@ class ApiTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'Bearer realm="api"'
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    """The token scheme in the OpenAPI schema."""
+
+    target_class = ApiTokenAuthentication
+    name = "apiToken"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A named API token (/accounts/tokens/): `Authorization: Bearer "
+            "cw_…`. It may do what its user may, within its scopes (read, trigger, approve, "
+            "policy, admin).",
+        }
 
 
 def required_scope(view, method: str) -> str:

@@ -11,6 +11,8 @@ from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -124,6 +126,22 @@ class _ObtainToken(APIView):
     authentication_classes: list = []
     serializer_class = AuthTokenSerializer
 
+    @extend_schema(
+        request=AuthTokenSerializer,
+        responses={
+            200: inline_serializer(
+                "IssuedToken",
+                {
+                    "token": serializers.CharField(),
+                    "name": serializers.CharField(),
+                    "scopes": serializers.ListField(child=serializers.CharField()),
+                    "expires_at": serializers.DateTimeField(),
+                    "deprecation": serializers.CharField(),
+                },
+            )
+        },
+        deprecated=True,
+    )
     def post(self, request, *args, **kwargs):
         serializer = AuthTokenSerializer(data=request.data, context={"request": request})
         valid = serializer.is_valid()
