@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.core.exceptions import DisallowedHost
+from django.utils.functional import SimpleLazyObject
 
 from orchestrator import logcontext
 
@@ -91,49 +92,60 @@ class SessionLifetimeMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        session = request.session
-        started = session.get(SESSION_STARTED)
-        if started is not None and request.user.is_authenticated:
-            now = time.time()
-            seen = session.get(SESSION_SEEN, started)
-            reason = None
-            if now - started > settings.CLEARWAY_SESSION_MAX_HOURS * 3600:
-                reason = "absolute"
-            elif now - seen > settings.CLEARWAY_SESSION_IDLE_MINUTES * 60:
-                reason = "idle"
-            if reason:
-                credentials.end_session(
-                    user=request.user, session_key=session.session_key, reason=reason
-                )
-                logout(request)
-                messages.info(
-                    request,
-                    "Your session ended: "
-                    + (
-                        f"you were away more than {settings.CLEARWAY_SESSION_IDLE_MINUTES} minutes."
-                        if reason == "idle"
-                        else f"sessions last at most {settings.CLEARWAY_SESSION_MAX_HOURS} hours."
-                    )
-                    + " Sign in again.",
-                    fail_silently=True,
-                )
-            elif now - seen >= SEEN_EVERY:
-                session[SESSION_SEEN] = now
+        # Decided when something first asks who the user is (as AuthenticationMiddleware
+        # itself is lazy): a request that never does (/healthz) reads no session.
+        original = request.user
+        request.user = SimpleLazyObject(lambda: self._checked(request, original))
         response = self.get_response(request)
-        user = getattr(request, "user", None)
+        session = request.session
         if (
-            user is not None
-            and user.is_authenticated
-            and SESSION_STARTED not in request.session
-            and "_auth_user_id" in request.session
-            and request.session.session_key
+            session.accessed
+            and SESSION_STARTED not in session
+            and "_auth_user_id" in session
+            and session.session_key
         ):
             # A session signed in before this middleware existed (sign-in itself starts the
             # clocks: credentials.on_login).
             now = time.time()
-            request.session[SESSION_STARTED] = now
-            request.session[SESSION_SEEN] = now
+            session[SESSION_STARTED] = now
+            session[SESSION_SEEN] = now
             credentials.session_started(
-                user=user, session_key=request.session.session_key, ip=client_ip(request)
+                user=request.user, session_key=session.session_key, ip=client_ip(request)
             )
         return response
+
+    def _checked(self, request, original):
+        authenticated = original.is_authenticated  # evaluates AuthenticationMiddleware's lazy user
+        user = getattr(original, "_wrapped", original)
+        if not authenticated:
+            return user
+        session = request.session
+        started = session.get(SESSION_STARTED)
+        if started is None:
+            return user
+        now = time.time()
+        seen = session.get(SESSION_SEEN, started)
+        reason = None
+        if now - started > settings.CLEARWAY_SESSION_MAX_HOURS * 3600:
+            reason = "absolute"
+        elif now - seen > settings.CLEARWAY_SESSION_IDLE_MINUTES * 60:
+            reason = "idle"
+        if reason is None:
+            if now - seen >= SEEN_EVERY:
+                session[SESSION_SEEN] = now
+            return user
+        credentials.end_session(user=user, session_key=session.session_key, reason=reason)
+        request.user = user  # logout() asks who is signed in: not this lazy object again
+        logout(request)
+        messages.info(
+            request,
+            "Your session ended: "
+            + (
+                f"you were away more than {settings.CLEARWAY_SESSION_IDLE_MINUTES} minutes."
+                if reason == "idle"
+                else f"sessions last at most {settings.CLEARWAY_SESSION_MAX_HOURS} hours."
+            )
+            + " Sign in again.",
+            fail_silently=True,
+        )
+        return request.user
