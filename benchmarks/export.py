@@ -43,7 +43,7 @@ import harness
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/clearway_bench_export"
-TOKEN = "bench0export0token000000000000000000000"  # noqa: S105  (a throwaway bench user)
+TOKEN = ""  # the bench user's API token (read scope), made by ensure_user
 
 
 def psql(url: str, sql: str, db: str = "postgres") -> None:
@@ -89,13 +89,18 @@ def setup_django(url: str) -> None:
 
 
 def ensure_user() -> None:
-    from django.contrib.auth.models import Group, User
-    from rest_framework.authtoken.models import Token
+    from datetime import timedelta
 
+    from django.contrib.auth.models import Group, User
+    from django.utils import timezone
+
+    from governance import tokens
+
+    global TOKEN
     user, _ = User.objects.get_or_create(username="bench-carl")
     user.groups.add(Group.objects.get(name="compliance-manager"))
-    Token.objects.filter(user=user).delete()
-    Token.objects.create(user=user, key=TOKEN)
+    expires = timezone.now() + timedelta(days=1)
+    TOKEN = tokens.issue(user, name="bench", scopes=["read"], expires_at=expires)[1]
 
 
 CHANGE_EVENTS = [

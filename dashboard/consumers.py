@@ -18,6 +18,7 @@ import logging
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -57,6 +58,10 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         if not user.is_active:
             await self._leave_groups()
             await self.close(code=4403)
+            return
+        if not await self._token_live():  # signed in with an API token, now revoked/expired
+            await self._leave_groups()
+            await self.close(code=4401)
             return
         visible = await self._visible_pipeline_ids(user)
         for pid in self.pipeline_ids - visible:
@@ -169,6 +174,14 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def _leave(self, group: str) -> None:
         await self.channel_layer.group_discard(group, self.channel_name)
         self.groups_joined.discard(group)
+
+    @database_sync_to_async
+    def _token_live(self) -> bool:
+        token = self.scope.get("token")  # dashboard.ws_auth
+        if token is None:
+            return True
+        token.refresh_from_db(fields=["revoked_at", "expires_at"])
+        return token.state(timezone.now()) == "active"
 
     @database_sync_to_async
     def _visible_pipeline_ids(self, user) -> set[int]:

@@ -8,6 +8,7 @@ from django import forms
 from django.core.validators import validate_slug
 
 from governance.actions import OVERRIDE_MIN_JUSTIFICATION  # the verb owns the rule
+from governance.models import TokenScope
 from orchestrator.models import Team
 
 RESERVED_SLUGS = {"new"}  # /pipelines/new/ is the create page
@@ -116,4 +117,26 @@ class OverrideForm(forms.Form):
             ),
         },
         help_text="Recorded in the audit log and flagged in every report.",
+    )
+
+
+class ApiTokenForm(forms.Form):
+    """A new named API token. The expiry is counted from now: days, or hours for a token
+    with the approve scope (at most 24). governance.tokens has the rules; the verb checks."""
+
+    name = forms.CharField(max_length=100, help_text="What uses it, e.g. “release script”.")
+    scopes = forms.MultipleChoiceField(
+        choices=TokenScope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        initial=["read"],
+        help_text="approve needs your password confirmed just before, and lives at most 24 h.",
+    )
+    lifetime = forms.IntegerField(min_value=1, initial=30, label="Expires in")
+    unit = forms.ChoiceField(choices=[("days", "days"), ("hours", "hours")], initial="days")
+
+
+class StepUpForm(forms.Form):
+    password = forms.CharField(
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        label="Confirm your password",
     )

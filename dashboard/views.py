@@ -14,8 +14,9 @@ from __future__ import annotations
 import difflib
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import get_user_model
+from django.contrib.auth import authenticate, get_user_model, logout
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -26,13 +27,13 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
-from rest_framework.authtoken.models import Token
 
 from governance import actions as gate_actions
+from governance import credentials, plans
 from governance import gates as gate_rules
-from governance import plans
 from governance.gates import BLOCKING_RESULTS, GateError
 from governance.models import (
+    ApiToken,
     Approval,
     ApprovalDecision,
     ApprovalRule,
@@ -44,8 +45,10 @@ from governance.models import (
     Override,
     PolicyDecision,
     Tier,
+    UserSession,
 )
 from governance.permissions import can, pipelines, restrict
+from governance.stepup import recent_step_up
 from orchestrator import actions, sandbox
 from orchestrator import artifacts as artifact_store
 from orchestrator.models import (
@@ -64,9 +67,11 @@ from . import gate_advice, logs, metrics, webhooks
 from .context_processors import Navigation
 from .forms import (
     OVERRIDE_MIN_JUSTIFICATION,
+    ApiTokenForm,
     GateDecisionForm,
     OverrideForm,
     PipelineForm,
+    StepUpForm,
     TriggerForm,
 )
 
@@ -881,18 +886,73 @@ def approvals_count(request):
 @login_required
 @require_http_methods(["GET", "POST"])
 def tokens(request):
-    """A user creates (or replaces) and revokes their own API token. The key is shown once."""
-    token = Token.objects.filter(user=request.user).first()
-    new_key = None
-    if request.method == "POST":
-        if request.POST.get("action") == "revoke" and token:
-            gate_actions.revoke_api_token(actor=request.user)
-            messages.success(request, "Your API token was revoked.")
-            return redirect("dashboard:tokens")
-        if request.POST.get("action") == "create":
-            token = gate_actions.create_api_token(actor=request.user)
-            new_key = token.key
-    return render(request, "dashboard/tokens.html", {"token": token, "new_key": new_key})
+    """A user's API tokens (create, shown once; revoke), the password step-up that creating
+    an approve-scope token needs, their sessions and "sign out everywhere"."""
+    user, now = request.user, timezone.now()
+    form, step_form, new_key = ApiTokenForm(), StepUpForm(), None
+    action = request.POST.get("action") if request.method == "POST" else None
+    if action == "create":
+        form = ApiTokenForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            unit = timedelta(hours=1) if data["unit"] == "hours" else timedelta(days=1)
+            try:
+                token, new_key = credentials.create_api_token(
+                    actor=user,
+                    name=data["name"],
+                    scopes=data["scopes"],
+                    expires_at=now + unit * min(data["lifetime"], 100000),
+                    session_key=request.session.session_key,
+                    now=now,
+                )
+            except credentials.CredentialRefused as exc:
+                form.add_error(None, exc.message)
+            else:
+                form = ApiTokenForm()
+    elif action == "revoke":
+        token = ApiToken.objects.filter(user=user, pk=request.POST.get("token", "")[:20]).first()
+        if token is None:
+            messages.error(request, "No such token of yours.")
+        elif credentials.revoke_api_token(actor=user, token=token):
+            messages.success(request, f"The token “{token.name}” was revoked.")
+        return redirect("dashboard:tokens")
+    elif action == "step-up":
+        step_form = StepUpForm(request.POST)
+        if step_form.is_valid():
+            if authenticate(
+                request, username=user.get_username(), password=step_form.cleaned_data["password"]
+            ):
+                credentials.record_step_up(
+                    actor=user, method="password", session_key=request.session.session_key
+                )
+                messages.success(request, "Password confirmed.")
+                return redirect("dashboard:tokens")
+            credentials.step_up_refused(actor=user, method="password", reason="wrong password")
+            step_form.add_error("password", "That is not your password.")
+    elif action == "sign-out-everywhere":
+        revoke = request.POST.get("revoke_tokens") == "on"
+        counts = credentials.sign_out_everywhere(actor=user, revoke_tokens=revoke)
+        logout(request)
+        messages.success(
+            request,
+            f"Signed out of {counts['sessions']} session(s)"
+            + (f" and revoked {counts['tokens_revoked']} token(s)." if revoke else "."),
+        )
+        return redirect("login")
+    context = {
+        "tokens": [
+            (t, t.state(now)) for t in ApiToken.objects.filter(user=user).order_by("-created_at")
+        ],
+        "form": form,
+        "step_form": step_form,
+        "new_key": new_key,
+        "stepped_up": recent_step_up(user, now, session_key=request.session.session_key),
+        "step_up_minutes": settings.CLEARWAY_STEP_UP_MINUTES,
+        "max_days": settings.CLEARWAY_TOKEN_MAX_DAYS,
+        "sessions": UserSession.objects.filter(user=user, ended_at__isnull=True)[:50],
+        "this_session": request.session.session_key,
+    }
+    return render(request, "dashboard/tokens.html", context)
 
 
 def server_error(request):

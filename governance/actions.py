@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 
 from orchestrator import actions as run_actions
 from orchestrator import events, lifecycle
@@ -113,10 +112,12 @@ def approve_gate(
     now: datetime | None = None,
     seen_hash: str | None = None,
     on_behalf_of=None,
+    token=None,
 ) -> Approval:
-    """Approve a waiting gate. The approval records what the approver saw (`seen_hash`);
-    when a client passes the seen_hash it displayed and the gate changed since, the approval
-    is refused (409) so nobody approves something they have not seen.
+    """Approve a waiting gate. The approval records what the approver saw (`seen_hash`)
+    and the API token it was made with (`token`, None for the browser); when a client passes
+    the seen_hash it displayed and the gate changed since, the approval is refused (409) so
+    nobody approves something they have not seen.
 
     A delegate (governance.delegation) approves for the approver they stand in for — the
     one named by `on_behalf_of`, or, when their own rights do not let them, the first one
@@ -156,6 +157,7 @@ def approve_gate(
                         groups=sorted(voter.groups.values_list("name", flat=True)),
                         seen_hash=current,
                         created_at=now,
+                        token=token,
                         expires_at=(
                             now + gate.environment.approval_ttl
                             if gate.environment.approval_ttl_hours
@@ -179,6 +181,7 @@ def approve_gate(
                 environment=gate.environment.name,
                 run=run.pk,
                 stage=gate.stage_run.name,
+                **({"token": token.pk} if token is not None else {}),
             )
             _advance(run, gate, actor, now)
             approval.refresh_from_db()
@@ -627,26 +630,7 @@ def create_environment(*, actor, name: str, settings: dict, rules: dict | None =
     return env
 
 
-# --- API tokens -------------------------------------------------------------------------
-
-
-def create_api_token(*, actor) -> Token:
-    """A new API token for `actor`, replacing theirs if they had one. The key is shown once
-    by the caller; the audit row names the token, never its key."""
-    with transaction.atomic():
-        replaced = Token.objects.filter(user=actor).delete()[0] > 0
-        token = Token.objects.create(user=actor)
-        audit.record(actor, "token.create", actor, replaced=replaced)
-    return token
-
-
-def revoke_api_token(*, actor) -> bool:
-    """Revoke `actor`'s API token; False if they had none (nothing audited)."""
-    with transaction.atomic():
-        if not Token.objects.filter(user=actor).delete()[0]:
-            return False
-        audit.record(actor, "token.revoke", actor)
-    return True
+# API tokens, step-up and sessions: governance/credentials.py.
 
 
 # --- report jobs ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from . import audit, checkpoints
+from .api_auth import TokenScope
 from .filters import AuditEventFilter
 from .models import AuditCheckpoint, AuditEvent
 from .permissions import can_view_audit, restrict
@@ -66,7 +67,8 @@ class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
     """The hash-chained audit log, newest first."""
 
     serializer_class = AuditEventSerializer
-    permission_classes = [drf_permissions.IsAuthenticated, CanViewAudit]
+    permission_classes = [drf_permissions.IsAuthenticated, TokenScope, CanViewAudit]
+    token_scopes: dict = {}  # read-only: every request needs "read"
     queryset = AuditEvent.objects.none()
     lookup_field = "seq"
     lookup_value_regex = "[0-9]+"

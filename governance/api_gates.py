@@ -14,6 +14,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from . import actions, gates
+from .api_auth import request_token
 from .filters import GateFilter
 from .models import ApprovalRule, Environment, Gate, GateStatus, Override
 from .permissions import restrict
@@ -57,6 +58,8 @@ class GateViewSet(viewsets.GenericViewSet):
     serializer_class = GateSerializer
     queryset = Gate.objects.none()
     filterset_class = GateFilter
+    # The API token scope each request needs (governance/api_auth.py).
+    token_scopes = {"approve": "approve", "reject": "approve", "override": "approve"}
 
     def _base(self):
         return Gate.objects.select_related(
@@ -101,6 +104,7 @@ class GateViewSet(viewsets.GenericViewSet):
                 comment=body.validated_data["comment"],
                 seen_hash=body.validated_data.get("seen_hash") or None,
                 on_behalf_of=_named(body.validated_data.get("on_behalf_of")),
+                token=request_token(request),
             )
         except gates.GateError as exc:
             return _error(exc)
@@ -147,6 +151,7 @@ class EnvironmentViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = EnvironmentSerializer
     queryset = Environment.objects.none()
+    token_scopes: dict = {}  # read-only: every request needs "read"
     lookup_field = "name"
     lookup_value_regex = r"[-a-zA-Z0-9_]+"
 

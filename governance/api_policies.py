@@ -340,6 +340,8 @@ class PolicyViewSet(viewsets.GenericViewSet):
     serializer_class = PolicySerializer
     queryset = Policy.objects.none()
     filterset_class = PolicyFilter
+    # The API token scope each request needs (governance/api_auth.py).
+    token_scopes = {"unsafe": "policy"}  # create, change, publish, delete, test, dry-run
 
     def get_queryset(self):
         qs = Policy.objects.select_related(
@@ -613,6 +615,7 @@ class PolicyDecisionViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = PolicyDecisionSerializer
     queryset = PolicyDecision.objects.none()
+    token_scopes: dict = {}  # read-only: every request needs "read"
     filterset_class = DecisionFilter
 
     def get_queryset(self):

@@ -29,6 +29,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import actions, audit, reports
+from .api_auth import TokenScope
 from .models import ReportJob
 from .permissions import can_export, can_export_audit, restrict
 
@@ -118,7 +119,9 @@ STREAM_RESPONSE = {
 
 
 class ReportView(APIView):
-    permission_classes = [drf_permissions.IsAuthenticated, CanExport]
+    permission_classes = [drf_permissions.IsAuthenticated, TokenScope, CanExport]
+    # Exports read: requesting a PDF (POST) needs "read" as well (governance/api_auth.py).
+    token_scopes = {"unsafe": "read"}
     content_negotiation_class = IgnoreFormatParameter
 
 

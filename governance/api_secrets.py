@@ -82,6 +82,8 @@ class SecretViewSet(viewsets.GenericViewSet):
 
     serializer_class = SecretSerializer
     queryset = Secret.objects.none()
+    # The API token scope each request needs (governance/api_auth.py).
+    token_scopes = {"safe": "admin", "unsafe": "admin"}
 
     def get_queryset(self):
         qs = Secret.objects.select_related("environment", "team", "updated_by").prefetch_related(

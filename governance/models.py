@@ -501,6 +501,11 @@ class Approval(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     void = models.BooleanField(default=False)
     void_reason = models.CharField(max_length=200, blank=True)
+    # The API token the decision was made with (None: the browser session). Tokens are
+    # never deleted, only revoked, so the evidence stays.
+    token = models.ForeignKey(
+        "ApiToken", null=True, blank=True, on_delete=models.PROTECT, related_name="approvals"
+    )
 
     objects = RestrictedManager()
 
@@ -979,3 +984,85 @@ class ChangeRequest(models.Model):
     def target_name(self) -> str:
         target = self.target
         return target.name if target is not None else ""
+
+
+# --- API tokens, step-up, sessions (docs/security.md "API tokens" and "Sessions") ---------
+
+
+class TokenScope(models.TextChoices):
+    READ = "read", "read: every GET of the API, and the live events websocket"
+    TRIGGER = "trigger", "trigger: start, cancel and retry runs"
+    APPROVE = "approve", "approve: approve, reject and override gates (at most 24 h)"
+    POLICY = "policy", "policy: create, change, publish and test policies"
+    ADMIN = "admin", "admin: pipelines, environments, secrets, reports"
+
+
+class ApiToken(models.Model):
+    """A named API token. Only a SHA-256 digest of the token is stored: the token itself
+    (`cw_<prefix>_<secret>`, 256 random bits) is shown once, when it is created. `prefix` is
+    the short public part used to find the row (and shown to tell tokens apart)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, db_index=True)
+    digest = models.CharField(max_length=64, unique=True)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (cw_{self.prefix}…)"
+
+    def state(self, now: dt.datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+class StepUp(models.Model):
+    """A user proved again who they are (today: re-entered their password; the MFA issue adds
+    TOTP and WebAuthn as further `method`s). governance.stepup.recent_step_up reads it."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    method = models.CharField(max_length=20, default="password")
+    session_key = models.CharField(max_length=40, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["user", "-at"], name="stepup_user_at")]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.method} {self.at:%Y-%m-%d %H:%M}"
+
+
+class UserSession(models.Model):
+    """A signed-in browser session, recorded at sign-in, so that "sign out everywhere" can end
+    every session of a user whatever the session engine. `ip` is governance.client_ip's
+    answer at sign-in, shown to the user; the session is bound to nothing (see
+    docs/security.md)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    session_key = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.user} session from {self.created_at:%Y-%m-%d %H:%M}"

@@ -37,6 +37,8 @@ def _action_error(exc: actions.ActionError):
 class PipelineViewSet(viewsets.GenericViewSet):
     serializer_class = PipelineSerializer
     lookup_field = "slug"
+    # The API token scope each request needs (governance/api_auth.py).
+    token_scopes = {"runs": "trigger", "create": "admin", "update": "admin"}
     queryset = Pipeline.objects.none()
 
     def get_queryset(self):
@@ -138,6 +140,8 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = RunSerializer
     queryset = Run.objects.none()
     filterset_class = RunFilter
+    # The API token scope each request needs (governance/api_auth.py).
+    token_scopes = {"cancel": "trigger", "retry": "trigger"}
 
     def get_queryset(self):
         qs = _run_queryset(self.request)

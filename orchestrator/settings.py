@@ -64,7 +64,6 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_filters",
@@ -87,6 +86,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "governance.middleware.SessionLifetimeMiddleware",  # after auth and messages
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "governance.middleware.RequestContextMiddleware",
@@ -245,10 +245,16 @@ CLEARWAY_TRUSTED_PROXIES = _networks("CLEARWAY_TRUSTED_PROXIES")
 # --- DRF --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "governance.api_auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # TokenScope: what an API token may do (its scopes); every API view declares what it
+    # needs (`token_scopes`, governance/api_auth.py). Views that set permission_classes
+    # start from this list.
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "governance.api_auth.TokenScope",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "orchestrator.pagination.Pagination",
     "PAGE_SIZE": 50,
@@ -384,6 +390,18 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+
+# --- Sessions and API tokens (docs/security.md "Sessions", "API tokens") ---------------
+# A browser session ends after this long without a request (idle) and this long after
+# sign-in whatever happens (absolute); governance.middleware.SessionLifetimeMiddleware ends
+# it and audits why.
+CLEARWAY_SESSION_IDLE_MINUTES = env.int("CLEARWAY_SESSION_IDLE_MINUTES", default=30)
+CLEARWAY_SESSION_MAX_HOURS = env.int("CLEARWAY_SESSION_MAX_HOURS", default=12)
+SESSION_COOKIE_AGE = CLEARWAY_SESSION_MAX_HOURS * 3600
+# API tokens live at most this many days (an approve-scope token at most 24 h).
+CLEARWAY_TOKEN_MAX_DAYS = env.int("CLEARWAY_TOKEN_MAX_DAYS", default=90)
+# A step-up (today: the password re-entered) counts for this many minutes.
+CLEARWAY_STEP_UP_MINUTES = env.int("CLEARWAY_STEP_UP_MINUTES", default=10)
 
 # --- Clearway ---------------------------------------------------------------------------
 CLEARWAY = {

@@ -8,14 +8,17 @@ import math
 from django.conf import settings
 from django.db import transaction
 from django.http import JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-from rest_framework.authtoken.models import Token
-from rest_framework.authtoken.views import ObtainAuthToken
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from governance import audit
+from governance import audit, credentials, tokens
 from governance.models import Outcome
 
 from . import actions, spec
@@ -103,15 +106,44 @@ def _refused(pipeline: Pipeline | None, slug: str, reason: str) -> None:
     )
 
 
-class _ObtainToken(ObtainAuthToken):
-    """`POST {"username", "password"}` → `{"token"}`. Authentication goes through
-    django-axes, so repeated failures lock the account and the address out here too; the
-    endpoint also has its own rate limit per address (TokenRateThrottle)."""
+# The deprecation note of the token endpoint (docs/security.md "API tokens": migrating).
+ENDPOINT_DEPRECATION_NOTE = (
+    "POST /api/v1/auth/token/ is deprecated: it issues a new token with the scopes read and "
+    "trigger only, for CLEARWAY_TOKEN_MAX_DAYS days, named 'token endpoint'. Create named "
+    "tokens with the scopes you need on /accounts/tokens/ instead."
+)
+
+
+class _ObtainToken(APIView):
+    """`POST {"username", "password"}` → `{"token", "scopes", "expires_at", "deprecation"}`:
+    a new named token with the scopes read and trigger (deprecated; see
+    ENDPOINT_DEPRECATION_NOTE). Authentication goes through django-axes, so repeated
+    failures lock the account and the address out here too; the endpoint also has its own
+    rate limit per address (TokenRateThrottle)."""
 
     throttle_classes = [TokenRateThrottle]
+    permission_classes: list = []
+    authentication_classes: list = []
+    serializer_class = AuthTokenSerializer
 
+    @extend_schema(
+        request=AuthTokenSerializer,
+        responses={
+            200: inline_serializer(
+                "IssuedToken",
+                {
+                    "token": serializers.CharField(),
+                    "name": serializers.CharField(),
+                    "scopes": serializers.ListField(child=serializers.CharField()),
+                    "expires_at": serializers.DateTimeField(),
+                    "deprecation": serializers.CharField(),
+                },
+            )
+        },
+        deprecated=True,
+    )
     def post(self, request, *args, **kwargs):
-        serializer = self.get_serializer(data=request.data)
+        serializer = AuthTokenSerializer(data=request.data, context={"request": request})
         valid = serializer.is_valid()
         # axes flags the request it was given (DRF's wrapper), which its middleware never sees.
         if getattr(request, "axes_locked_out", False):
@@ -127,9 +159,27 @@ class _ObtainToken(ObtainAuthToken):
         if not valid:
             raise ValidationError(serializer.errors)
         user = serializer.validated_data["user"]
-        token, _ = Token.objects.get_or_create(user=user)
-        audit.record(user, "token.obtain", user)
-        return Response({"token": token.key})
+        now = timezone.now()
+        token, raw = credentials.create_api_token(
+            actor=user,
+            name="token endpoint",
+            scopes=[tokens.READ, tokens.TRIGGER],
+            expires_at=now + tokens.max_lifetime(),
+            now=now,
+        )
+        audit.record(user, "token.obtain", token, deprecated=True)
+        response = Response(
+            {
+                "token": raw,
+                "name": token.name,
+                "scopes": token.scopes,
+                "expires_at": token.expires_at,
+                "deprecation": ENDPOINT_DEPRECATION_NOTE,
+            }
+        )
+        response["Deprecation"] = "true"
+        response["Link"] = '</accounts/tokens/>; rel="successor-version"'
+        return response
 
 
 obtain_token = _ObtainToken.as_view()

@@ -53,6 +53,20 @@ DEFAULT_PIPELINE = textwrap.dedent(
 )
 
 
+def api_token(user, scopes=("read", "trigger", "approve", "policy", "admin"), **kwargs) -> str:
+    """A live API token for `user` (governance.tokens.issue, no step-up: a test set-up), with
+    every scope by default; the clear text, for `Authorization: Bearer …`. 24 h, the most an
+    approve-scope token may live."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from governance import tokens
+
+    kwargs.setdefault("expires_at", timezone.now() + timedelta(hours=23))
+    return tokens.issue(user, name=kwargs.pop("name", "test"), scopes=list(scopes), **kwargs)[1]
+
+
 # --- people -------------------------------------------------------------------------------
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
 
-from governance.models import AuditEvent
+from governance.models import ApiToken, AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -87,14 +86,17 @@ def test_password_change(client, user):
 
 def test_user_creates_uses_and_revokes_own_token(client, user):
     client.force_login(user)
-    page = client.post("/accounts/tokens/", {"action": "create"})
-    token = Token.objects.get(user=user)
-    assert token.key.encode() in page.content
+    form = {"action": "create", "name": "ci", "scopes": ["read"], "lifetime": 30, "unit": "days"}
+    page = client.post("/accounts/tokens/", form)
+    token = ApiToken.objects.get(user=user)
+    key = page.context["new_key"]
+    assert key.startswith(f"cw_{token.prefix}_") and key.encode() in page.content
     api = client.__class__()
-    assert api.get("/api/v1/pipelines/", HTTP_AUTHORIZATION=f"Token {token.key}").status_code == 200
-    client.post("/accounts/tokens/", {"action": "revoke"})
-    assert not Token.objects.filter(user=user).exists()
-    assert api.get("/api/v1/pipelines/", HTTP_AUTHORIZATION=f"Token {token.key}").status_code == 401
+    assert api.get("/api/v1/pipelines/", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 200
+    client.post("/accounts/tokens/", {"action": "revoke", "token": token.pk})
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    assert api.get("/api/v1/pipelines/", HTTP_AUTHORIZATION=f"Bearer {key}").status_code == 401
     actions = set(AuditEvent.objects.values_list("action", flat=True))
     assert {"token.create", "token.revoke"} <= actions
 

@@ -40,13 +40,13 @@ PANEL_BUSY = "() => document.getElementById('gate-panel').classList.contains('ht
 
 def _api_approve(base_url: str, user, gate, comment: str) -> None:
     """Approve through the REST API (token auth, over HTTP to the live server)."""
-    from rest_framework.authtoken.models import Token
+    from tests.conftest import api_token
 
-    token, _ = Token.objects.get_or_create(user=user)
+    key = api_token(user)
     response = httpx.post(
         f"{base_url}/api/v1/gates/{gate.pk}/approve/",
         json={"comment": comment},
-        headers={"Authorization": f"Token {token.key}"},
+        headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     )
     assert response.status_code == 200, response.text

@@ -38,13 +38,13 @@ def _fits(page, selector: str, width: int) -> None:
 
 
 def _api_approve(base_url: str, user, gate, comment: str) -> None:
-    from rest_framework.authtoken.models import Token
+    from tests.conftest import api_token
 
-    token, _ = Token.objects.get_or_create(user=user)
+    key = api_token(user)
     response = httpx.post(
         f"{base_url}/api/v1/gates/{gate.pk}/approve/",
         json={"comment": comment},
-        headers={"Authorization": f"Token {token.key}"},
+        headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     )
     assert response.status_code == 200, response.text

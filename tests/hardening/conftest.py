@@ -199,13 +199,13 @@ def build_world(*, gates: bool = True) -> World:
     job."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group, Permission
-    from rest_framework.authtoken.models import Token
 
     from governance.models import AuditEvent, Policy, PolicyDecision
     from governance.roles import ROLES as SHIPPED_ROLES
     from governance.roles import ensure_roles
     from orchestrator import actions
     from orchestrator.models import StepRun, Team
+    from tests.conftest import api_token
 
     ensure_roles(Group, Permission)
     groups = {
@@ -229,7 +229,7 @@ def build_world(*, gates: bool = True) -> World:
         )
         user.groups.add(*(groups[n] for n in names))
         world.users[role] = user
-        world.tokens[role] = Token.objects.get_or_create(user=user)[0].key
+        world.tokens[role] = api_token(user)
     world.environments = build_environments(groups)
     users = world.users
     from guardian.shortcuts import assign_perm

@@ -777,6 +777,74 @@ def test_every_route_has_an_entry():
     assert sorted(set(WEBSOCKET_ROUTES) - set(ws)) == [], "stale websocket entries"
 
 
+# --- the token scopes --------------------------------------------------------------------
+
+# The scope an API token needs, for every API route and method of the table above. The
+# matrix runs with tokens that hold every scope; TestTokenScopes runs every API check again
+# as the superuser with a token of one scope only: the needed scope gets what the superuser
+# gets, any other scope 403 (audited, nothing changed). An API route without an entry here
+# fails test_every_api_check_has_a_scope.
+R, T, A, P, ADM = "read", "trigger", "approve", "policy", "admin"
+TOKEN_SCOPES: dict[str, dict[str, str]] = {
+    "api-root": {"get": R},
+    "pipeline-list": {"get": R, "post": ADM},
+    "pipeline-detail": {"get": R, "put": ADM},
+    "pipeline-runs": {"get": R, "post": T},
+    "pipeline-versions": {"get": R},
+    "run-list": {"get": R},
+    "run-detail": {"get": R},
+    "run-cancel": {"post": T},
+    "run-log": {"get": R},
+    "run-retry": {"post": T},
+    "gate-list": {"get": R},
+    "gate-detail": {"get": R},
+    "gate-approve": {"post": A},
+    "gate-reject": {"post": A},
+    "gate-override": {"post": A},
+    # Secrets: even their names and metadata need admin.
+    "secret-list": {"get": ADM, "post": ADM},
+    "secret-detail": {"get": ADM, "put": ADM, "patch": ADM, "delete": ADM},
+    "secret-rotate": {"post": ADM},
+    "secret-value": {"get": ADM},
+    "environment-list": {"get": R},
+    "environment-detail": {"get": R},
+    "policy-list": {"get": R, "post": P},
+    "policy-detail": {"get": R, "put": P, "patch": P, "delete": P},
+    "policy-dry-run": {"post": P},
+    "policy-evaluate": {"post": P},
+    "policy-publish": {"post": P},
+    "policy-test": {"post": P},
+    "policy-version": {"get": R},
+    "policy-versions": {"get": R},
+    "policydecision-list": {"get": R},
+    "policydecision-detail": {"get": R},
+    "auditevent-list": {"get": R},
+    "auditevent-verify": {"get": R},
+    "auditevent-checkpoints": {"get": R},
+    "auditevent-detail": {"get": R},
+    "report-changes": {"get": R},
+    "report-audit": {"get": R},
+    "report-access": {"get": R},
+    "report-pdf-list": {"get": R, "post": R},  # requesting an export reads
+    "report-pdf": {"get": R},
+    "report-pdf-download": {"get": R},
+}
+# Outside the scopes: public (schema, docs) or credentials in the body (the token endpoint).
+NOT_SCOPED = {"schema", "api-docs", "api-token"}
+
+
+def api_checks(world: World):
+    """(URL name, check, url) for every check of an API route in ROUTES."""
+    for pattern in url_patterns():
+        if excluded(pattern) or pattern.key not in ROUTES or pattern.key in NOT_SCOPED:
+            continue
+        route = ROUTES[pattern.key]
+        for check in route.checks:
+            url = build_url(pattern, check, route, world)
+            if is_api(url):
+                yield pattern.key, check, url
+
+
 # --- running the matrix ------------------------------------------------------------------
 
 
@@ -784,9 +852,9 @@ def _counted_models() -> list:
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
     from guardian.models import GroupObjectPermission, UserObjectPermission
-    from rest_framework.authtoken.models import Token
 
     from governance.models import (
+        ApiToken,
         Approval,
         ApprovalRule,
         Environment,
@@ -814,7 +882,7 @@ def _counted_models() -> list:
         Environment,
         ApprovalRule,
         ReportJob,
-        Token,
+        ApiToken,
         Team,
         get_user_model(),
         Group,
@@ -829,9 +897,8 @@ def fingerprint() -> tuple:
     audit events."""
     from django.contrib.auth import get_user_model
     from django.db import connection
-    from rest_framework.authtoken.models import Token
 
-    from governance.models import AuditEvent, Environment, Gate, Policy
+    from governance.models import ApiToken, AuditEvent, Environment, Gate, Policy
     from orchestrator.models import Pipeline, Run, StageRun
 
     quote = connection.ops.quote_name
@@ -853,7 +920,7 @@ def fingerprint() -> tuple:
         ),
         tuple(tuple(sorted(e.items())) for e in Environment.objects.order_by("pk").values()),
         tuple(get_user_model().objects.order_by("pk").values_list("pk", "password")),
-        tuple(Token.objects.order_by("pk").values_list("key", flat=True)),
+        tuple(ApiToken.objects.order_by("pk").values_list("pk", "revoked_at", "scopes")),
         AuditEvent.objects.exclude(outcome="denied").count(),
     )
 
@@ -867,7 +934,7 @@ class Clients:
         self.api = Client()
         if user is not None:
             self.pages.force_login(user)
-            self.api.defaults["HTTP_AUTHORIZATION"] = f"Token {world.tokens[role]}"
+            self.api.defaults["HTTP_AUTHORIZATION"] = f"Bearer {world.tokens[role]}"
 
     def for_url(self, api: bool) -> Client:
         return self.api if api else self.pages
@@ -988,6 +1055,54 @@ class TestMatrix:
             else:
                 assert response.status_code == 302, role
                 assert response["Location"].startswith("/admin/login/"), role
+
+
+class TestTokenScopes:
+    """The scope column of the matrix: a token may do what its user may, within its scopes."""
+
+    def test_every_api_check_has_a_scope(self, matrix_world):
+        missing = [
+            f"{name} {check.method}"
+            for name, check, _ in api_checks(matrix_world)
+            if check.method not in TOKEN_SCOPES.get(name, {})
+        ]
+        assert not missing, "add to TOKEN_SCOPES: " + ", ".join(missing)
+
+    @pytest.mark.parametrize("scope", ["read", "trigger", "approve", "policy", "admin"])
+    def test_scope(self, scope, matrix_world):
+        from tests.conftest import api_token
+
+        world = matrix_world
+        key = api_token(world.users["superuser"], scopes=[scope], name=f"only {scope}")
+        client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+        mismatches, seen = [], 0
+        for name, check, url in api_checks(world):
+            needed = TOKEN_SCOPES[name][check.method]
+            wanted = check.expected("superuser", True) if needed == scope else 403
+            got, changed, body = call(client, check, url, world, watch=needed != scope)
+            seen += 1
+            if got != wanted:
+                mismatches.append(f"{check.method.upper()} {url}: expected {wanted}, got {got}")
+            if needed != scope:
+                if f"needs the {needed!r} scope" not in body:
+                    mismatches.append(f"{check.method.upper()} {url}: unclear 403: {body[:200]}")
+                if changed:
+                    mismatches.append(f"{check.method.upper()} {url} changed the database")
+        assert seen > 40
+        assert not mismatches, f"scope {scope}:\n  " + "\n  ".join(mismatches)
+
+    def test_a_refused_scope_is_audited(self, matrix_world):
+        from governance.models import AuditEvent
+        from tests.conftest import api_token
+
+        key = api_token(matrix_world.users["superuser"], scopes=["read"], name="reader")
+        client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+        url = reverse("gate-approve", kwargs={"pk": matrix_world.gate.pk})
+        response = client.post(url, {}, content_type="application/json")
+        assert response.status_code == 403
+        event = AuditEvent.objects.filter(action="token.scope_denied").latest("seq")
+        assert event.outcome == "denied" and event.details["needed"] == "approve"
+        assert event.target_name == "reader (cw_" + key.split("_")[1] + "…)"
 
 
 # --- websocket subscriptions -------------------------------------------------------------

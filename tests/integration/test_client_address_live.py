@@ -8,11 +8,11 @@ from __future__ import annotations
 import httpx
 import pytest
 from django.contrib.auth.models import Group, User
-from rest_framework.authtoken.models import Token
 
 from governance.models import AuditEvent
 from orchestrator import actions
 from orchestrator.models import Run, Team
+from tests.conftest import api_token
 
 from .conftest import wait_for
 
@@ -42,11 +42,11 @@ def test_a_run_triggered_with_a_spoofed_forwarded_for_is_audited_with_the_real_a
     pipeline = actions.create_pipeline(
         actor=user, slug="spoofed", definition=DEFINITION, team=Team.objects.get(slug="xff")
     )
-    token = Token.objects.create(user=user)
+    key = api_token(user)
     response = httpx.post(
         f"{asgi_server}/api/v1/pipelines/{pipeline.slug}/runs/",
         json={"parameters": {}},
-        headers={"Authorization": f"Token {token.key}", "X-Forwarded-For": "6.6.6.6"},
+        headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": "6.6.6.6"},
         timeout=30,
     )
     assert response.status_code == 201, response.text

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
 from governance.models import Approval, ApprovalRule, Environment, Gate, GateStatus
 from orchestrator import actions
 from orchestrator.models import Run, RunStatus, Team
+from tests.conftest import api_token
 
 from .conftest import start_server, wait_for
 from .tcp_proxy import TcpProxy
@@ -66,14 +66,14 @@ def test_database_outage_gives_503_and_changes_nothing(live_db, log_dir, setting
             assert http.get("/accounts/tokens/").status_code == 200
             assert http.get(f"/api/v1/runs/{run.pk}/").status_code == 200
 
-            token = Token.objects.create(user=approver)
+            key = api_token(approver)
             proxy.cut()
             page = http.get("/accounts/tokens/")
             api = http.get(f"/api/v1/runs/{run.pk}/")
             approve = http.post(
                 f"/api/v1/gates/{gate.pk}/approve/",
                 json={"comment": "ok"},
-                headers={"Authorization": f"Token {token.key}"},
+                headers={"Authorization": f"Bearer {key}"},
             )
             health = http.get("/healthz")
             for response in (page, api):

@@ -7,12 +7,12 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from governance.models import AuditEvent
 from orchestrator import actions
 from orchestrator.models import Pipeline, PipelineVersion, Run
+from tests.conftest import api_token
 
 from .conftest import client_for, dedent
 
@@ -264,9 +264,8 @@ def test_a_pipeline_of_another_team_is_not_found_rather_than_forbidden(rival, pi
 
 
 def test_token_authentication(developer, pipeline):
-    token = Token.objects.create(user=developer)
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token(developer)}")
     assert client.get("/api/v1/pipelines/payments-api/").status_code == 200
     client.credentials(HTTP_AUTHORIZATION="Token not-a-token")
     assert client.get("/api/v1/pipelines/payments-api/").status_code == 401

@@ -10,9 +10,9 @@ import json
 import pytest
 from django.core.cache import cache
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
 from orchestrator.actions import sign
+from tests.conftest import api_token
 
 from .conftest import dedent
 
@@ -35,8 +35,7 @@ def rates(settings):
 
 
 def _token_client(user, address="127.0.0.1") -> Client:
-    token = Token.objects.get_or_create(user=user)[0]
-    return Client(HTTP_AUTHORIZATION=f"Token {token.key}", REMOTE_ADDR=address)
+    return Client(HTTP_AUTHORIZATION=f"Token {api_token(user)}", REMOTE_ADDR=address)
 
 
 def _assert_throttled(response):
