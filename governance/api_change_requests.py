@@ -85,6 +85,9 @@ class ChangeRequestViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = ChangeRequestSerializer
     queryset = ChangeRequest.objects.none()
+    # Deciding on a change to a control (approve, reject, withdraw, apply alone) needs the
+    # admin scope, whatever the kind of change; reading needs read.
+    token_scopes = {"unsafe": "admin"}
 
     def get_queryset(self):
         user = self.request.user

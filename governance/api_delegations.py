@@ -78,6 +78,10 @@ def _error(exc: delegation.DelegationError) -> Response:
 class DelegationViewSet(viewsets.GenericViewSet):
     """Out of office: who decides gates in whose place, and when."""
 
+    # A delegation hands on the right to approve: creating or revoking one needs the approve
+    # scope (short-lived, made after a step-up), like approving itself.
+    token_scopes = {"unsafe": "approve"}
+
     serializer_class = DelegationSerializer
     queryset = Delegation.objects.none()
 

@@ -1,6 +1,7 @@
 """Query counts of the busiest pages are pinned, and do not grow with history: the same
 number of queries with 10 runs and with 5,000 (rows written with bulk_create), and never more
-than 16 (the inbox badge's delegations in force are one of them). A page that grows with the data makes a query per row somewhere."""
+than 16 (the inbox badge's delegations in force are one of them). A page that grows with the
+data makes a query per row somewhere."""
 
 from __future__ import annotations
 

@@ -828,6 +828,16 @@ TOKEN_SCOPES: dict[str, dict[str, str]] = {
     "report-pdf-list": {"get": R, "post": R},  # requesting an export reads
     "report-pdf": {"get": R},
     "report-pdf-download": {"get": R},
+    "run-artifacts": {"get": R},
+    "run-artifact-download": {"get": R},
+    "delegation-list": {"get": R, "post": A},
+    "delegation-revoke": {"post": A},
+    "changerequest-list": {"get": R},
+    "changerequest-detail": {"get": R},
+    "changerequest-approve": {"post": ADM},
+    "changerequest-reject": {"post": ADM},
+    "changerequest-withdraw": {"post": ADM},
+    "changerequest-apply-alone": {"post": ADM},
 }
 # Outside the scopes: public (schema, docs) or credentials in the body (the token endpoint).
 NOT_SCOPED = {"schema", "api-docs", "api-token"}
