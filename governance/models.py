@@ -790,6 +790,10 @@ class NotificationDelivery(models.Model):
 
     kind = models.CharField(max_length=32)
     gate = models.ForeignKey(Gate, null=True, blank=True, on_delete=models.SET_NULL)
+    # A delivery is about a gate, or about a governance change request waiting for review.
+    change_request = models.ForeignKey(
+        "ChangeRequest", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     channel = models.ForeignKey(
         NotificationChannel, null=True, blank=True, on_delete=models.SET_NULL
     )

@@ -272,11 +272,19 @@ def _still_relevant(gate: Gate, kind: str) -> bool:
     return True
 
 
-def failed(gate_id: int, kind: str, channel: str, error: str) -> None:
-    """Record a notification that failed after its last retry."""
-    logger.error("%s notification %s of gate %s failed: %s", channel, kind, gate_id, error)
-    gate = Gate.objects.filter(pk=gate_id).first()
-    target = gate if gate is not None else ("gate", gate_id, "")
+def failed(
+    gate_id: int | None, kind: str, channel: str, error: str, request_id: int | None = None
+) -> None:
+    """Record a notification (of a gate, or of a change request) that failed after its last
+    retry."""
+    if request_id is not None:
+        logger.error("%s notification of change request %s failed: %s", channel, request_id, error)
+        request = ChangeRequest.objects.filter(pk=request_id).first()
+        target = request if request is not None else ("change_request", request_id, "")
+    else:
+        logger.error("%s notification %s of gate %s failed: %s", channel, kind, gate_id, error)
+        gate = Gate.objects.filter(pk=gate_id).first()
+        target = gate if gate is not None else ("gate", gate_id, "")
     with transaction.atomic():
         audit.record(
             None,
@@ -355,13 +363,26 @@ def deliver(delivery_id: int) -> bool:
     if delivery is None or delivery.status != NotificationDelivery.Status.PENDING:
         return True
     gate = _load(delivery.gate_id) if delivery.gate_id else None
+    request = _pending_request(delivery.change_request_id) if delivery.change_request_id else None
     url = _url_of(delivery)
-    if gate is None or not url:
+    if delivery.change_request_id and delivery.kind == "change_request":
+        if request is None:  # decided, withdrawn or gone meanwhile: nothing left to say
+            NotificationDelivery.objects.filter(pk=delivery_id).update(
+                status=NotificationDelivery.Status.FAILED,
+                last_error="the change request is no longer pending",
+            )
+            return True
+    elif gate is None:
+        url = ""
+    if not url:
         NotificationDelivery.objects.filter(pk=delivery_id).update(
             status=NotificationDelivery.Status.FAILED, last_error="channel or gate is gone"
         )
         return True
-    title, body = message(gate, delivery.kind)
+    if request is not None:
+        title, body = change_request_message(request)
+    else:
+        title, body = message(gate, delivery.kind)
     sender = apprise.Apprise()
     if not sender.add(url):
         error = f"{delivery.target}: not an apprise URL apprise can use"
@@ -369,7 +390,7 @@ def deliver(delivery_id: int) -> bool:
             status=NotificationDelivery.Status.FAILED, attempts=delivery.attempts + 1,
             last_error=error,
         )  # fmt: skip
-        failed(gate.pk, delivery.kind, delivery.target, error)
+        failed(delivery.gate_id, delivery.kind, delivery.target, error, delivery.change_request_id)
         return True
     with apprise.LogCapture(level=apprise.logging.WARNING, fmt="%(message)s") as logs:
         ok = bool(sender.notify(title=title, body=body))
@@ -398,7 +419,7 @@ def delivery_failed(delivery_id: int, error: str) -> None:
     NotificationDelivery.objects.filter(pk=delivery_id).update(
         status=NotificationDelivery.Status.FAILED, last_error=error[:1000]
     )
-    failed(delivery.gate_id, delivery.kind, delivery.target, error)
+    failed(delivery.gate_id, delivery.kind, delivery.target, error, delivery.change_request_id)
 
 
 # --- governance change requests ---------------------------------------------------------
@@ -442,6 +463,45 @@ def change_request_message(request: ChangeRequest) -> tuple[str, str]:
     return f"[Clearway] {headline}"[:200], body
 
 
+def _pending_request(request_id: int) -> ChangeRequest | None:
+    return (
+        ChangeRequest.objects.select_related("proposed_by", "policy", "environment")
+        .filter(pk=request_id, status="pending")
+        .first()
+    )
+
+
+def fan_out_change_request(request_id: int) -> list[int]:
+    """One pending NotificationDelivery per apprise channel that wants "change_request" — the
+    environment's own and the all-environment ones for an environment's change, the
+    all-environment ones for a policy's — and per reviewer with a personal URL. Returns
+    their ids, for the caller to queue (delivered and retried like a gate's)."""
+    request = _pending_request(request_id)
+    if request is None:
+        return []
+    kind = "change_request"
+    where = Q(environment__isnull=True)
+    if request.environment_id:
+        where |= Q(environment_id=request.environment_id)
+    rows = [
+        NotificationDelivery(
+            kind=kind, change_request=request, channel=channel, target=mask(channel.url)[:255]
+        )
+        for channel in NotificationChannel.objects.filter(enabled=True).filter(where)
+        if not channel.events or kind in channel.events
+    ]
+    reviewers = change_request_reviewers(request)
+    prefs = NotificationPreference.objects.filter(user__in=[u.pk for u in reviewers])
+    for pref in prefs.select_related("user"):
+        if pref.url.strip():
+            rows.append(
+                NotificationDelivery(
+                    kind=kind, change_request=request, user=pref.user, target=mask(pref.url)[:255]
+                )
+            )
+    return [row.pk for row in NotificationDelivery.objects.bulk_create(rows)]
+
+
 def send_change_request_email(request_id: int) -> int:
     """E-mail the reviewers of a pending change request; one message each."""
     request = (
@@ -472,6 +532,7 @@ def schedule_change_request(request: ChangeRequest) -> None:
     def send() -> None:
         try:
             enqueue("clearway.notify_change_request", (request_id,))
+            enqueue("clearway.notify_change_request_channels", (request_id,))
         except Exception:  # broker down: a lost notification must not break the caller
             logger.exception("could not queue the notification of change request %s", request_id)
 

@@ -115,6 +115,16 @@ def notify_gate_channels(gate_id: int, kind: str) -> int:
     return len(ids)
 
 
+@shared_task(name="clearway.notify_change_request_channels")
+def notify_change_request_channels(request_id: int) -> int:
+    """Create the apprise deliveries of "a governance change request waits for you" (the
+    channels and the reviewers' personal URLs) and queue each one."""
+    ids = notifications.fan_out_change_request(request_id)
+    for delivery_id in ids:
+        deliver_notification.delay(delivery_id)
+    return len(ids)
+
+
 class DeliveryTask(Task):
     """After the last retry the delivery is marked failed and audited; the gate is untouched."""
 
