@@ -36,6 +36,9 @@ def test_no_serious_accessibility_violations(width, world, login, compliance_man
     for user, url, ready in pages:
         page = login(user)
         page.set_viewport_size({"width": width, "height": 900})
+        # A live swap flashes the new content in (.htmx-added); axe must not judge colours
+        # half-way through that fade: reduced motion makes it instant (app.css honours it).
+        page.emulate_media(reduced_motion="reduce")
         page.goto(url)
         expect_live(page)
         expect(page.locator(ready).first).to_be_visible(timeout=GATE_TIMEOUT)

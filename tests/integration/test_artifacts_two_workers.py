@@ -29,7 +29,7 @@ from .conftest import start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
-PLAN_BYTES = 300_000  # several storage blocks
+PLAN_BYTES = 300_000  # several storage blocks; JSON, as a policy-input artifact must be
 
 
 def _definition(env_name: str) -> str:
@@ -40,7 +40,9 @@ stages:
     steps:
       - name: plan
         run: |
-          head -c {PLAN_BYTES} /dev/urandom | base64 -w 100 > tfplan.json
+          printf '{{"blob": "' > tfplan.json
+          head -c {PLAN_BYTES} /dev/urandom | base64 -w 0 >> tfplan.json
+          printf '"}}' >> tfplan.json
           sha256sum tfplan.json
         artifacts:
           - {{name: plan, path: tfplan.json, policy_input: true}}

@@ -39,6 +39,19 @@ deny contains "not main" if input.run.parameters.branch != "main"
 SOURCE_V2 = SOURCE + '\nwarn contains "release" if input.run.parameters.branch == "release"\n'
 
 
+def _case(name: str, branch: str, deny: list) -> dict:
+    from governance import rego
+
+    doc = json.loads(json.dumps(rego.demo_policies()[0]["tests"][0]["input"]))
+    doc["run"]["parameters"]["branch"] = branch
+    return {"name": name, "input": doc, "expect": {"deny": deny}}
+
+
+def _cases() -> list[dict]:
+    """Publishing needs a denying and a passing case (policies.missing_test_kinds)."""
+    return [_case("dev is refused", "dev", ["not main"]), _case("main passes", "main", [])]
+
+
 def _people():
     from django.contrib.auth.models import User
 
@@ -69,7 +82,7 @@ def _policy(author) -> Policy:
         enforcement=Enforcement.ADVISORY,
         environments=[env],
     )
-    return policies.save_draft(policy, actor=author, source=SOURCE_V2)
+    return policies.save_draft(policy, actor=author, source=SOURCE_V2, test_cases=_cases())
 
 
 def _client(user) -> Client:
@@ -228,7 +241,7 @@ def _form(policy: Policy, action: str) -> dict:
         "enforcement": policy.enforcement,
         "description": policy.description,
         "environments": [e.name for e in policy.environments.all()],
-        "test_cases": "[]",
+        "test_cases": json.dumps(policy.test_cases),
         "enabled": "on",
         "days": "30",
     }
