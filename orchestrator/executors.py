@@ -383,6 +383,13 @@ def abandon(prestarted: Prestarted) -> None:
             _running.discard(proc)
 
 
+def _end_held(held: Prestarted | None) -> None:
+    """After an error before or while the step ran: a pre-started shell still held at its
+    barrier (or still running) must not outlive the attempt."""
+    if held is not None and held.proc.poll() is None:
+        abandon(held)
+
+
 def _release_secrets(step: StepRun, run, stage, env: dict, log: LogWriter) -> Result | None:
     """Add the secrets the step asks for to its environment, at the moment it starts (a
     protected environment's only past an open gate), and mask them in its log. A refusal
@@ -636,8 +643,10 @@ def _run_claimed(
             result = run_command(step, run, stage, log, held)
         result = _store_artifacts(step, run, log, result)
     except Exception as exc:  # an executor bug must fail the step, not leave it running
+        _end_held(held)
         result = Result(False, None, f"executor error: {exc.__class__.__name__}: {exc}")
     except BaseException:  # the worker is going down: keep what the step printed
+        _end_held(held)
         log.flush()
         raise
     logger.info("step %s %s (attempt %s)", step.name, _verdict(result), step.attempt)

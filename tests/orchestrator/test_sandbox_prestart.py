@@ -142,6 +142,26 @@ def test_a_claim_that_rolls_back_leaves_no_process_and_no_effect(start, worker, 
         assert prestarted.proc not in executors._running
 
 
+def test_an_error_before_the_step_runs_ends_its_held_sandbox(start, worker, held, monkeypatch):
+    run = start(two_stages("touch must-not-exist"))
+    [first] = worker.take()
+    real = executors._receive_artifacts
+
+    def broken(step, run_, stage, log):
+        if held:  # the pre-started second step: an unexpected error before it runs
+            raise OSError("the artifact storage went away")
+        return real(step, run_, stage, log)
+
+    monkeypatch.setattr(executors, "_receive_artifacts", broken)
+    executors.execute_step(first.step_id, first.attempt, chain=tasks.INLINE_STEPS)
+    [prestarted] = held
+    assert prestarted.proc.returncode is not None and not alive(prestarted.proc.pid)
+    assert not (actions.workspace_for(run.pk) / "must-not-exist").exists()
+    second = steps_of(run)["second/b"]
+    assert second.status == StepStatus.FAILED
+    assert "executor error: OSError: the artifact storage went away" in second.error
+
+
 def test_steps_that_ask_for_secrets_or_are_http_are_not_prestarted(settings):
     plain = StepRun(kind="run", config={"run": "true"})
     asking = StepRun(kind="run", config={"run": "true", "secrets": ["DB_PASSWORD"]})
