@@ -204,7 +204,14 @@ def _archive_logs_after_commit(run: Run) -> None:
         try:
             # After a grace period: a canceled step's executor may still write its last
             # lines (it notices within a second, then stops its process group).
-            enqueue("clearway.archive_run_logs", (run_id,), countdown=ARCHIVE_GRACE_SECONDS)
+            # On the step queue: the workers that run steps are the ones with the artifact
+            # storage at hand (the run ended in one of them).
+            enqueue(
+                "clearway.archive_run_logs",
+                (run_id,),
+                countdown=ARCHIVE_GRACE_SECONDS,
+                queue=settings.CLEARWAY.get("STEP_QUEUE") or None,
+            )
         except Exception:  # broker down: artifact housekeeping archives it later
             logger.exception("could not queue the log archive of run %s", run_id)
 
