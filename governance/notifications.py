@@ -325,23 +325,25 @@ def fan_out(gate_id: int, kind: str) -> list[int]:
     gate = _load(gate_id)
     if gate is None or not _still_relevant(gate, kind):
         return []
-    rows = []
-    channels = NotificationChannel.objects.filter(enabled=True).filter(
-        Q(environment=gate.environment) | Q(environment__isnull=True)
-    )
-    for channel in channels:
-        if not channel.events or kind in channel.events:
-            rows.append(
-                NotificationDelivery(
-                    kind=kind, gate=gate, channel=channel, target=mask(channel.url)[:255]
-                )
-            )
-    for user in recipient_users(gate, kind):
-        pref = user.notification_preference
-        if pref is not None and pref.url.strip():
-            rows.append(
-                NotificationDelivery(kind=kind, gate=gate, user=user, target=mask(pref.url)[:255])
-            )
+    where = Q(environment=gate.environment) | Q(environment__isnull=True)
+    people = [(u, u.notification_preference) for u in recipient_users(gate, kind)]
+    return _create_deliveries(kind, where, people, gate=gate)
+
+
+def _create_deliveries(kind: str, where: Q, people, **about) -> list[int]:
+    """One pending delivery per enabled channel matching `where` that wants `kind`, and per
+    (user, preference) of `people` with a personal URL; `about` is the gate or the change
+    request. Returns their ids."""
+    rows = [
+        NotificationDelivery(kind=kind, channel=channel, target=mask(channel.url)[:255], **about)
+        for channel in NotificationChannel.objects.filter(enabled=True).filter(where)
+        if not channel.events or kind in channel.events
+    ]
+    rows += [
+        NotificationDelivery(kind=kind, user=user, target=mask(pref.url)[:255], **about)
+        for user, pref in people
+        if pref is not None and pref.url.strip()
+    ]
     return [row.pk for row in NotificationDelivery.objects.bulk_create(rows)]
 
 
@@ -483,23 +485,10 @@ def fan_out_change_request(request_id: int) -> list[int]:
     where = Q(environment__isnull=True)
     if request.environment_id:
         where |= Q(environment_id=request.environment_id)
-    rows = [
-        NotificationDelivery(
-            kind=kind, change_request=request, channel=channel, target=mask(channel.url)[:255]
-        )
-        for channel in NotificationChannel.objects.filter(enabled=True).filter(where)
-        if not channel.events or kind in channel.events
-    ]
     reviewers = change_request_reviewers(request)
     prefs = NotificationPreference.objects.filter(user__in=[u.pk for u in reviewers])
-    for pref in prefs.select_related("user"):
-        if pref.url.strip():
-            rows.append(
-                NotificationDelivery(
-                    kind=kind, change_request=request, user=pref.user, target=mask(pref.url)[:255]
-                )
-            )
-    return [row.pk for row in NotificationDelivery.objects.bulk_create(rows)]
+    people = [(pref.user, pref) for pref in prefs.select_related("user")]
+    return _create_deliveries(kind, where, people, change_request=request)
 
 
 def send_change_request_email(request_id: int) -> int:
